@@ -1,0 +1,1 @@
+"""logwriter: take log lines over HTTP and append them to files on disk."""

@@ -1,0 +1,164 @@
+"""The HTTP face of logwriter: a Flask app that validates bodies and queues them for the writer.
+
+create_app() only builds objects: no thread is started, no file touched. The Gunicorn hooks
+(service.server) start and stop the writer it holds, in each worker process.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from werkzeug.exceptions import HTTPException
+
+from service import metrics
+from service.files import LogFiles
+from service.parsing import Rejected, check_stream_name, count_lines, parse_body, read_body
+from service.settings import ACK_MODES, Ack, Settings
+from service.writer import Entry, QueueFull, WriteFailed, Writer, WriterStopped
+
+log = logging.getLogger("logwriter")
+
+QUEUE_WAIT_SECONDS = 1.0  # how long a request waits for room in a full queue before a 503
+RETRY_AFTER_SECONDS = "1"
+
+api = Blueprint("logwriter", __name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What the views need, kept on the app as app.extensions["logwriter"]."""
+
+    settings: Settings
+    writer: Writer
+
+
+def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
+    app = Flask(__name__)
+    if writer is None:
+        writer = Writer(LogFiles(settings.dir), settings.queue_bytes)
+    app.extensions["logwriter"] = Runtime(settings, writer)
+    app.register_blueprint(api)
+    return app
+
+
+def _runtime() -> Runtime:
+    return current_app.extensions["logwriter"]
+
+
+@api.post("/v1/logs", defaults={"stream": "default"})
+@api.post("/v1/logs/", defaults={"stream": ""})
+@api.post("/v1/logs/<path:stream>")
+def post_logs(stream: str) -> tuple[dict[str, int], int]:
+    settings, writer = _runtime().settings, _runtime().writer
+    body = None
+    try:
+        check_stream_name(stream)
+        ack = _ack_mode(request.args.get("ack"), settings.ack)
+        body = read_body(
+            request.environ["wsgi.input"],
+            request.content_length,
+            request.headers.get("Content-Encoding"),
+            settings.max_body_bytes,
+        )
+        lines = parse_body(
+            body, request.mimetype, request.mimetype_params.get("charset"), settings.max_line_bytes
+        )
+        if lines.count == 0:
+            return {"accepted": 0}, 202 if ack == "queued" else 200
+        entry = Entry(stream, lines.data, lines.count, ack)
+        _put(writer, entry)
+    except Rejected as exc:
+        metrics.rejected_requests.labels(reason=exc.reason).inc()
+        if body is not None:
+            metrics.rejected_lines.labels(reason=exc.reason).inc(count_lines(body))
+        raise
+    if ack == "queued":
+        return {"accepted": lines.count}, 202
+    try:
+        entry.wait()
+    except WriteFailed as exc:
+        raise Rejected(503, "write_failed", f"lines were not made durable: {exc}") from None
+    return {"accepted": lines.count}, 200
+
+
+def _put(writer: Writer, entry: Entry) -> None:
+    try:
+        writer.put(entry, timeout=QUEUE_WAIT_SECONDS)
+    except QueueFull:
+        raise Rejected(503, "queue_full", "queue is full: retry later") from None
+    except WriterStopped:
+        raise Rejected(503, "stopping", "this worker is not taking lines: retry later") from None
+
+
+def _ack_mode(value: str | None, default: Ack) -> Ack:
+    if value is None:
+        return default
+    for mode in ACK_MODES:
+        if value == mode:
+            return mode
+    raise Rejected(400, "bad_ack", f"ack must be one of {', '.join(ACK_MODES)}, got {value!r}")
+
+
+@api.get("/healthz")
+def healthz() -> tuple[dict[str, str], int]:
+    if _runtime().writer.alive:
+        return {"status": "ok"}, 200
+    return {"error": "writer thread is not running"}, 503
+
+
+@api.get("/readyz")
+def readyz() -> tuple[dict[str, str], int]:
+    reason = _runtime().writer.unready_reason()
+    if reason is None:
+        return {"status": "ready"}, 200
+    return {"error": reason}, 503
+
+
+@api.get("/metrics")
+def metrics_view() -> Response:
+    registry = REGISTRY
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        # Each scrape reads every worker's files, so any worker can answer for the whole service.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@api.after_app_request
+def count_response(response: Response) -> Response:
+    metrics.http_requests.labels(code=str(response.status_code)).inc()
+    return response
+
+
+@api.app_errorhandler(Rejected)
+def rejected(exc: Rejected) -> Response:
+    response = _error(exc.status, exc.message)
+    if exc.status == 503:
+        response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    if exc.status == 413:
+        # The rest of an oversized body is never read: end the connection rather than drain it.
+        response.headers["Connection"] = "close"
+    return response
+
+
+@api.app_errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> Response:
+    response = _error(exc.code or 500, exc.description or exc.name)
+    response.headers.extend(exc.get_headers())  # such as Allow on a 405
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+@api.app_errorhandler(Exception)
+def internal_error(exc: Exception) -> Response:
+    log.exception("unexpected error handling %s %s", request.method, request.path)
+    return _error(500, "internal error: see the service log")
+
+
+def _error(status: int, message: str) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    return response

@@ -1,0 +1,33 @@
+"""The `logwriter` command: settings from the environment, then Gunicorn in this process."""
+
+import os
+import shutil
+import sys
+import tempfile
+
+from service.settings import Settings, SettingsError
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+        settings.dir.mkdir(parents=True, exist_ok=True)
+    except SettingsError as exc:
+        sys.exit(f"logwriter: {exc}")
+    except OSError as exc:
+        sys.exit(f"logwriter: cannot create LOGWRITER_DIR {settings.dir}: {exc.strerror}")
+
+    # A fresh, private metrics folder each start: files left by an earlier run (and container
+    # PIDs repeat) would otherwise resume its counters. prometheus-client reads this variable
+    # when it is first imported, so it is set before anything imports it.
+    metrics_dir = tempfile.mkdtemp(prefix="logwriter-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    arbiter_pid = os.getpid()
+    try:
+        from service.server import Server  # imported only now: see above
+
+        Server(settings).run()
+    finally:
+        # Workers leave through here too (Gunicorn forks inside run()); only the arbiter cleans.
+        if os.getpid() == arbiter_pid:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

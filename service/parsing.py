@@ -1,0 +1,218 @@
+"""Request bodies in, normalized lines out: reading with limits, gunzipping, splitting, validating.
+
+Everything here works on whole bodies with single bytes operations (one UTF-8 decode to
+validate, `bytes.count` to count, one `replace` to strip CRs), so the text path does no
+per-line Python work. Lines are split on b"\\n" only: no other separator, ASCII or
+Unicode, can turn one line into two.
+"""
+
+import json
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_READ_CHUNK = 64 << 10
+_GZIP_WBITS = 31  # zlib's "gzip header and trailer, no zlib wrapper"
+_TEXT_TYPES = {"text/plain", ""}
+_JSON_TYPES = {"application/json", "application/x-ndjson"}
+_CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
+
+
+class Rejected(Exception):
+    """A request the service refuses, having written none of it; `status` and `message` become
+    the HTTP answer."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason  # a short label for metrics
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """A body's lines as one blob, each line ending in b"\\n"."""
+
+    data: bytes
+    count: int
+
+
+def check_stream_name(name: str) -> str:
+    # The name becomes a file name: this pattern is what keeps every file inside the log folder.
+    if not _STREAM_NAME.fullmatch(name):
+        raise Rejected(
+            400,
+            "bad_stream",
+            "stream name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+        )
+    return name
+
+
+def read_body(stream: IO[bytes], length: int | None, encoding: str | None, limit: int) -> bytes:
+    """The request body, decompressed, at most `limit` bytes either way.
+
+    A body of known length is read with one call; a chunked one in chunks, stopping as soon
+    as it passes the limit (never silently truncating it).
+    """
+    encoding = (encoding or "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise Rejected(
+            415, "bad_encoding", f"unsupported Content-Encoding {encoding!r}: use gzip or none"
+        )
+    if length is not None and length > limit:
+        raise _too_large("body", limit)
+    chunks = _read_chunks(stream, length, limit)
+    if encoding == "identity":
+        return b"".join(chunks)
+    return _gunzip(chunks, limit)
+
+
+def _read_chunks(stream: IO[bytes], length: int | None, limit: int) -> Iterator[bytes]:
+    if length is not None:
+        remaining = length
+        while remaining:
+            chunk = _read(stream, remaining)
+            if not chunk:
+                raise Rejected(400, "incomplete", "request body ended before its Content-Length")
+            remaining -= len(chunk)
+            yield chunk
+        return
+    total = 0
+    while chunk := _read(stream, _READ_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise _too_large("body", limit)
+        yield chunk
+
+
+def _read(stream: IO[bytes], size: int) -> bytes:
+    try:
+        return stream.read(size)
+    except Exception as exc:  # the server's own parse errors, such as a malformed chunk
+        raise Rejected(400, "bad_body", f"could not read the request body: {exc}") from None
+
+
+def _gunzip(chunks: Iterator[bytes], limit: int) -> bytes:
+    """Inflate gzip members, never holding more than `limit` + 1 output bytes (a gzip bomb
+    stops right there)."""
+    out = bytearray()
+    inflater = zlib.decompressobj(_GZIP_WBITS)
+    try:
+        for chunk in chunks:
+            while chunk:
+                if inflater.eof:  # concatenated members are one valid gzip stream
+                    inflater = zlib.decompressobj(_GZIP_WBITS)
+                out += inflater.decompress(chunk, limit + 1 - len(out))
+                if len(out) > limit:
+                    raise _too_large("decompressed body", limit)
+                chunk = inflater.unconsumed_tail or inflater.unused_data
+    except zlib.error as exc:
+        raise Rejected(400, "bad_gzip", f"body is not valid gzip: {exc}") from None
+    if not inflater.eof:
+        raise Rejected(400, "bad_gzip", "body is not valid gzip: it ends before the gzip stream")
+    return bytes(out)
+
+
+def parse_body(body: bytes, mimetype: str, charset: str | None, max_line: int) -> Lines:
+    """Split and validate a body by its content type into newline-terminated lines."""
+    if charset is not None and charset.lower() not in _CHARSETS:
+        raise Rejected(415, "bad_type", f"unsupported charset {charset!r}: bodies are UTF-8")
+    if mimetype in _TEXT_TYPES:
+        lines = _text_lines(body)
+    elif mimetype == "application/x-ndjson":
+        lines = _ndjson_lines(body)
+    elif mimetype == "application/json":
+        lines = _json_lines(body)
+    else:
+        raise Rejected(
+            415,
+            "bad_type",
+            f"unsupported Content-Type {mimetype!r}: "
+            "use text/plain, application/x-ndjson or application/json",
+        )
+    _check_line_length(lines, max_line)
+    return lines
+
+
+def count_lines(body: bytes) -> int:
+    """How many lines a body holds when split on b"\\n" (a last line without one counts)."""
+    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+
+
+def _text_lines(body: bytes) -> Lines:
+    _check_utf8(body)
+    if not body:
+        return Lines(b"", 0)
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    if b"\r\n" in body:
+        # One trailing CR per line: "a\r\r\n" keeps its first CR, "a\rb" is untouched.
+        body = body.replace(b"\r\n", b"\n")
+    return Lines(body, body.count(b"\n"))
+
+
+def _ndjson_lines(body: bytes) -> Lines:
+    _check_utf8(body)
+    kept = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        line = line.removesuffix(b"\r")
+        if line.strip(b" \t\r"):
+            _load_json(line, f"line {number}")
+            kept.append(line)
+    return Lines(b"".join(line + b"\n" for line in kept), len(kept))
+
+
+def _json_lines(body: bytes) -> Lines:
+    _check_utf8(body)
+    document = _load_json(body, "body")
+    values = document if isinstance(document, list) else [document]
+    encoded = [_dump_json(value) for value in values]
+    return Lines(b"".join(line + b"\n" for line in encoded), len(encoded))
+
+
+def _check_utf8(body: bytes) -> None:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = body.count(b"\n", 0, exc.start) + 1
+        raise Rejected(
+            400, "bad_utf8", f"body is not valid UTF-8: line {line}, byte offset {exc.start}"
+        ) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load_json(text: bytes, where: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise Rejected(400, "bad_json", f"invalid JSON in {where}: {exc}") from None
+
+
+def _dump_json(value: Any) -> bytes:
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # A lone surrogate ("\\ud800" in the input) cannot be UTF-8: keep it escaped.
+        return text.encode("utf-8", "strict")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+    except (ValueError, RecursionError) as exc:  # a number too large became infinity
+        raise Rejected(400, "bad_json", f"invalid JSON in body: {exc}") from None
+
+
+def _check_line_length(lines: Lines, max_line: int) -> None:
+    # Only a blob longer than the limit can hold a line longer than it.
+    if len(lines.data) - lines.count <= max_line:
+        return
+    longest = max(map(len, lines.data.split(b"\n")))
+    if longest > max_line:
+        raise _too_large("line", max_line)
+
+
+def _too_large(what: str, limit: int) -> Rejected:
+    return Rejected(413, "too_large", f"{what} larger than the limit of {limit} bytes")

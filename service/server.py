@@ -1,0 +1,90 @@
+"""logwriter under Gunicorn: its configuration, and the hooks that run the writer in each worker.
+
+How a worker stops -- the one place this order is written down:
+
+  1. Request threads finish: gthread stops accepting and waits (up to graceful_timeout) for
+     its connections, then returns from its run loop. SIGTERM does this; so do SIGINT and
+     SIGQUIT here (see post_worker_init).
+  2. worker_exit calls Writer.stop(): no more puts, and the pill goes on the queue. A request
+     that still reaches the writer after this (one that outlived graceful_timeout) is refused
+     with a 503: never acknowledged and then dropped.
+  3. The writer thread writes everything before the pill, fsyncs and closes the files.
+  4. The process exits, and the arbiter's child_exit retires its live gauges.
+"""
+
+import logging
+import os
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from prometheus_client import multiprocess
+
+from service.app import create_app
+from service.settings import Settings
+
+log = logging.getLogger("logwriter")
+
+
+class Server(BaseApplication):  # type: ignore[misc]
+    """Gunicorn's arbiter serving create_app(settings) with gthread workers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__(prog="logwriter")
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_options(self.settings).items():
+            self.cfg.set(key, value)
+        # GUNICORN_CMD_ARGS last, as in Gunicorn's own CLI, so operators can tune its settings.
+        env_args = self.cfg.parser().parse_args(self.cfg.get_cmd_args_from_env())
+        for key, value in vars(env_args).items():
+            if value is not None and key != "args":
+                self.cfg.set(key.lower(), value)
+        # Gunicorn's control socket defaults to one path per user, which two logwriters on one
+        # host would take from each other: open it only where the operator names a path.
+        self.cfg.set("control_socket_disable", env_args.control_socket is None)
+
+    def load(self) -> Any:
+        return create_app(self.settings)
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "bind": [settings.bind],
+        "workers": settings.workers,
+        "threads": settings.threads,
+        "worker_class": "gthread",
+        "proc_name": "logwriter",
+        "errorlog": "-",
+        "keepalive": 5,  # log shippers post again and again on the same connection
+        "post_worker_init": post_worker_init,
+        "worker_exit": worker_exit,
+        "child_exit": child_exit,
+    }
+
+
+def post_worker_init(worker: Any) -> None:
+    # Our log lines go where Gunicorn's go, in its format.
+    error_log = worker.log.error_log
+    log.handlers = error_log.handlers
+    log.setLevel(error_log.level)
+    log.propagate = False
+    # gthread's own SIGINT/SIGQUIT handler shuts its thread pool down from inside the signal
+    # handler. When the signal lands while the main thread is submitting a request to that pool,
+    # both want the pool's shutdown lock and the worker hangs until the arbiter's SIGKILL (seen
+    # under load, with py-spy); and when it does not hang, it exits while request threads still
+    # run. So here these signals take the SIGTERM path: stop accepting, finish, then drain.
+    signal.signal(signal.SIGINT, worker.handle_exit)
+    signal.signal(signal.SIGQUIT, worker.handle_exit)
+    worker.wsgi.extensions["logwriter"].writer.start()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    if worker.pid != os.getpid() or getattr(worker, "wsgi", None) is None:
+        return  # called in the arbiter for a worker that is already gone, or never loaded
+    worker.wsgi.extensions["logwriter"].writer.stop()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,92 @@
+"""The service's settings: the environment, read once into one typed, validated object."""
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Ack = Literal["queued", "written", "fsync"]
+ACK_MODES: tuple[Ack, ...] = ("queued", "written", "fsync")
+
+_SIZE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    dir: Path = Path("logs")
+    bind: str = "127.0.0.1:8080"
+    workers: int = 1
+    threads: int = 8
+    queue_bytes: int = 64 << 20
+    max_body_bytes: int = 8 << 20
+    max_line_bytes: int = 1 << 20
+    ack: Ack = "queued"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
+        """Settings from LOGWRITER_* variables (unset or empty means the default), validated."""
+        d = cls()
+
+        def read(name: str, parse: Callable[[str, str], Any], default: Any) -> Any:
+            key = f"LOGWRITER_{name}"
+            text = env.get(key, "").strip()
+            return parse(key, text) if text else default
+
+        settings = cls(
+            dir=read("DIR", lambda _, text: Path(text), d.dir),
+            bind=read("BIND", lambda _, text: text, d.bind),
+            workers=read("WORKERS", _positive_int, d.workers),
+            threads=read("THREADS", _positive_int, d.threads),
+            queue_bytes=read("QUEUE_BYTES", _size, d.queue_bytes),
+            max_body_bytes=read("MAX_BODY_BYTES", _size, d.max_body_bytes),
+            max_line_bytes=read("MAX_LINE_BYTES", _size, d.max_line_bytes),
+            ack=read("ACK", _ack, d.ack),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.max_line_bytes > self.max_body_bytes:
+            raise SettingsError(
+                f"LOGWRITER_MAX_LINE_BYTES ({self.max_line_bytes}) must not exceed "
+                f"LOGWRITER_MAX_BODY_BYTES ({self.max_body_bytes})"
+            )
+        # A request larger than the whole queue could never be taken.
+        if self.max_body_bytes > self.queue_bytes:
+            raise SettingsError(
+                f"LOGWRITER_MAX_BODY_BYTES ({self.max_body_bytes}) must not exceed "
+                f"LOGWRITER_QUEUE_BYTES ({self.queue_bytes})"
+            )
+        if not re.fullmatch(r"unix:.+|fd://\d+|\[[0-9A-Fa-f:.]+\]:\d+|[^:\s\[\]]*:\d+", self.bind):
+            raise SettingsError(
+                f"LOGWRITER_BIND must be HOST:PORT, [IPV6]:PORT or unix:PATH, got {self.bind!r}"
+            )
+
+
+def _positive_int(name: str, text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise SettingsError(f"{name} must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _size(name: str, text: str) -> int:
+    """Bytes, with an optional binary unit: 65536, 64KiB, 64M, 1G."""
+    match = _SIZE.fullmatch(text)
+    if not match or int(match[1]) < 1:
+        raise SettingsError(f"{name} must be a size in bytes such as 8388608 or 8MiB, got {text!r}")
+    unit = (match[2] or "").upper().rstrip("B").rstrip("I") or ""
+    return int(match[1]) * _UNITS[unit]
+
+
+def _ack(name: str, text: str) -> Ack:
+    for mode in ACK_MODES:
+        if text == mode:
+            return mode
+    raise SettingsError(f"{name} must be one of {', '.join(ACK_MODES)}, got {text!r}")

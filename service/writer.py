@@ -1,0 +1,258 @@
+"""The writer: a queue bounded in bytes, and the one thread that appends what it holds to disk.
+
+Its life reads like logging.handlers.QueueListener:
+  start()  starts the consumer thread.
+  put()    queues one request's lines (request threads); waits briefly while the queue is full.
+  stop()   refuses further puts and queues the pill; the thread writes everything queued before
+           the pill, fsyncs and closes every file, and ends; stop() joins it.
+
+Each turn of the loop takes every waiting request at once, groups them by stream and appends
+each stream's share with one writev. One fsync then serves every ack=fsync request of that
+batch (group commit). Queued bytes count against the bound until they are on disk, so memory
+stays within it however slow the disk is.
+"""
+
+import errno
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from service import metrics
+from service.files import LogFiles
+from service.settings import Ack
+
+log = logging.getLogger("logwriter")
+
+_PILL: Final = None  # queued by stop(): everything before it is written, then the thread ends
+_RETRY_FIRST, _RETRY_MAX = 0.05, 2.0  # seconds between attempts at a failing disk
+
+
+class QueueFull(Exception):
+    """The queue stayed full for the whole wait."""
+
+
+class WriterStopped(Exception):
+    """The writer takes no more lines: it is stopping, or its thread failed."""
+
+
+class WriteFailed(Exception):
+    """Lines an ack=written/fsync request waited for could not be made durable."""
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    """One request's lines, queued as one blob so that they are written contiguously."""
+
+    stream: str
+    data: bytes
+    lines: int
+    ack: Ack = "queued"
+    done: threading.Event | None = field(init=False, default=None)
+    error: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.ack != "queued":
+            self.done = threading.Event()
+
+    def wait(self) -> None:
+        """Block until written (ack=written) or fsynced (ack=fsync)."""
+        assert self.done is not None
+        self.done.wait()
+        if self.error is not None:
+            raise WriteFailed(self.error)
+
+    def finish(self, error: str | None = None) -> None:
+        self.error = error
+        assert self.done is not None
+        self.done.set()
+
+
+class Writer:
+    def __init__(self, files: LogFiles, limit_bytes: int) -> None:
+        self._files = files
+        self._limit = limit_bytes
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._queue: deque[Entry | None] = deque()
+        self._pending_bytes = 0  # queued or being written: what the bound applies to
+        self._pending_lines = 0
+        self._closed = False
+        # Set when a put gave up for want of room, cleared once the queue is half empty again:
+        # readiness drops while a worker turns requests away, and does not flap at the edge.
+        self._overloaded = False
+        self._disk_error: str | None = None  # the last append failed with this; retrying
+        self._thread: threading.Thread | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def unready_reason(self) -> str | None:
+        """Why new lines cannot be taken and written right now, or None if they can."""
+        if not self.alive:
+            return "writer thread is not running"
+        if self._closed:
+            return "writer is stopping"
+        if self._disk_error is not None:
+            return f"writing to disk fails: {self._disk_error}"
+        if self._overloaded or self._pending_bytes >= self._limit:
+            return "queue is full"
+        return None
+
+    def start(self) -> None:
+        metrics.queue_limit_bytes.set(self._limit)
+        self._thread = threading.Thread(target=self._run, name="logwriter-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, entry: Entry, timeout: float) -> None:
+        """Queue a request's lines; QueueFull if no room comes within `timeout` seconds."""
+        size = len(entry.data)
+        with self._lock:
+            # A request always fits an empty queue, so a large one cannot wait forever.
+            has_room = self._not_full.wait_for(
+                lambda: (
+                    self._closed
+                    or self._pending_bytes == 0
+                    or self._pending_bytes + size <= self._limit
+                ),
+                timeout,
+            )
+            if self._closed:
+                raise WriterStopped
+            if not has_room:
+                self._overloaded = True
+                raise QueueFull
+            self._queue.append(entry)
+            self._pending_bytes += size
+            self._pending_lines += entry.lines
+            self._not_empty.notify()
+        metrics.lines_received.inc(entry.lines)
+        metrics.queue_depth.inc(entry.lines)
+        metrics.queue_bytes.inc(size)
+
+    def stop(self) -> None:
+        """Write everything queued so far, sync and close the files, and end the thread."""
+        with self._lock:
+            self._closed = True
+            queued = self._pending_lines
+            self._queue.append(_PILL)
+            self._not_empty.notify()
+            self._not_full.notify_all()  # waiting producers get WriterStopped
+        if self._thread is not None:
+            self._thread.join()
+        log.info("writer stopped: drained %d queued lines, files synced and closed", queued)
+
+    def _run(self) -> None:
+        metrics.writer_alive.set(1)
+        batch: list[Entry | None] = []
+        try:
+            while True:
+                batch = self._take()
+                entries = [entry for entry in batch if entry is not _PILL]
+                if entries:
+                    self._write(entries)
+                if batch[-1] is _PILL:  # nothing is ever queued behind it
+                    break
+            self._files.close()
+        except BaseException as exc:
+            self._fail(exc, batch)
+        finally:
+            metrics.writer_alive.set(0)
+
+    def _take(self) -> list[Entry | None]:
+        with self._lock:
+            self._not_empty.wait_for(lambda: self._queue)
+            batch = list(self._queue)
+            self._queue.clear()
+        return batch
+
+    def _write(self, entries: list[Entry]) -> None:
+        by_stream: dict[str, list[Entry]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry)
+        for stream, group in by_stream.items():
+            self._append(stream, group)
+        metrics.batch_lines.observe(sum(entry.lines for entry in entries))
+        waiting = {stream: _fsync_entries(group) for stream, group in by_stream.items()}
+        self._fsync({stream: group for stream, group in waiting.items() if group})
+
+    def _append(self, stream: str, group: list[Entry]) -> None:
+        buffers: list[bytes | memoryview] = [entry.data for entry in group]
+        size = sum(map(len, buffers))
+        lines = sum(entry.lines for entry in group)
+        started = time.perf_counter()
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                self._files.append(stream, buffers)  # on error, buffers keeps only the rest
+                break
+            except OSError as exc:
+                # The disk is full or failing: keep the lines and try again until it recovers.
+                self._disk_error = _describe(exc)
+                metrics.writer_errors.labels(kind=_kind(exc)).inc()
+                log.error("appending to %s failed, retrying in %.2fs: %s", stream, delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+        self._disk_error = None
+        metrics.write_seconds.observe(time.perf_counter() - started)
+        metrics.lines_written.inc(lines)
+        metrics.bytes_written.inc(size)
+        metrics.queue_depth.dec(lines)
+        metrics.queue_bytes.dec(size)
+        with self._lock:
+            self._pending_bytes -= size
+            self._pending_lines -= lines
+            if self._pending_bytes <= self._limit // 2:
+                self._overloaded = False
+            self._not_full.notify_all()
+        for entry in group:
+            if entry.ack == "written":
+                entry.finish()
+
+    def _fsync(self, waiting: dict[str, list[Entry]]) -> None:
+        """One fsync per stream file for all the ack=fsync requests of a batch."""
+        if not waiting:
+            return
+        started = time.perf_counter()
+        error = None
+        try:
+            self._files.fsync(waiting)
+        except OSError as exc:
+            # Not retried: after a failed fsync Linux may already have dropped the dirty pages,
+            # so a second fsync could succeed without the data being on disk.
+            error = f"fsync failed: {_describe(exc)}"
+            metrics.writer_errors.labels(kind=_kind(exc)).inc()
+            log.error("fsync of %s failed: %s", ", ".join(waiting), exc)
+        metrics.fsync_seconds.observe(time.perf_counter() - started)
+        for group in waiting.values():
+            for entry in group:
+                entry.finish(error)
+
+    def _fail(self, exc: BaseException, batch: list[Entry | None]) -> None:
+        """The thread cannot go on: say so loudly, and release everyone who waits on it."""
+        log.critical("writer thread failed; this worker takes no more lines", exc_info=exc)
+        metrics.writer_errors.labels(kind=type(exc).__name__).inc()
+        with self._lock:
+            self._closed = True
+            abandoned = [entry for entry in (*batch, *self._queue) if entry is not _PILL]
+            self._queue.clear()
+            self._not_full.notify_all()
+        for entry in abandoned:
+            if entry.done is not None and not entry.done.is_set():
+                entry.finish(f"writer failed: {exc!r}")
+
+
+def _fsync_entries(group: list[Entry]) -> list[Entry]:
+    return [entry for entry in group if entry.ack == "fsync"]
+
+
+def _kind(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+def _describe(exc: OSError) -> str:
+    return f"{_kind(exc)} ({exc.strerror})"

@@ -1,0 +1,118 @@
+"""The real `logwriter` command under load: stopping it mid-load, on a fast and a stalled disk,
+and its metrics afterwards."""
+
+import contextlib
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Service, start_service, stop_service
+from traffic import Load, check_files
+
+STOPS = [
+    pytest.param(signal.SIGTERM, False, id="SIGTERM-to-arbiter"),
+    pytest.param(signal.SIGINT, True, id="SIGINT-to-group"),  # a terminal's Ctrl-C
+]
+
+
+def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def drained_counts(service: Service) -> list[int]:
+    return [int(n) for n in re.findall(r"drained (\d+) queued lines", service.log_text())]
+
+
+@pytest.mark.parametrize(("sig", "group"), STOPS)
+def test_stop_mid_load_keeps_every_acknowledged_line(tmp_path: Path, sig: int, group: bool):
+    service = start_service(tmp_path, workers=2)
+    load = Load(service.port).start()
+    try:
+        wait_until(lambda: load.acked_lines() > 20_000, 60, "20,000 acknowledged lines")
+        service.signal(sig, group)
+        assert service.wait(60) == 0, service.log_text()
+    finally:
+        load.stop()
+        stop_service(service)
+    check_files(service.dir.glob("*.log"), load.acked)
+    assert len(drained_counts(service)) == 2, service.log_text()
+    assert "Traceback" not in service.log_text()
+
+
+@contextlib.contextmanager
+def loop_mounted_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A small ext4 file system of our own, which fsfreeze can stall."""
+    image, mount = tmp_path / "disk.img", tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["truncate", "-s", "256M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["fsfreeze", "--unfreeze", str(mount)], capture_output=True)
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize(("sig", "group"), STOPS)
+def test_stop_while_the_disk_stalls_drains_once_it_recovers(tmp_path: Path, sig: int, group: bool):
+    with loop_mounted_ext4(tmp_path) as disk:
+        service = start_service(
+            tmp_path,
+            workers=2,
+            log_dir=disk / "logs",
+            env={"LOGWRITER_QUEUE_BYTES": "2MiB", "LOGWRITER_MAX_BODY_BYTES": "1MiB"},
+        )
+        load = Load(service.port).start()
+        frozen = False
+        try:
+            wait_until(lambda: load.acked_lines() > 5_000, 60, "5,000 acknowledged lines")
+            subprocess.run(["fsfreeze", "--freeze", str(disk)], check=True)
+            frozen = True
+            # The disk takes nothing: the queues fill, readiness drops and requests get 503.
+            wait_until(lambda: load.statuses.get(503, 0) > 0, 30, "a 503 from a full queue")
+            wait_until(
+                lambda: b"queue is full" in service.request("GET", "/readyz").body,
+                30,
+                "/readyz to report the full queue",
+            )
+            service.signal(sig, group)
+            time.sleep(2)
+            assert service.proc.poll() is None, "exited before its queue reached the disk"
+            subprocess.run(["fsfreeze", "--unfreeze", str(disk)], check=True)
+            frozen = False
+            assert service.wait(60) == 0, service.log_text()
+        finally:
+            if frozen:
+                subprocess.run(["fsfreeze", "--unfreeze", str(disk)], check=True)
+            load.stop()
+            stop_service(service)
+        check_files(service.dir.glob("*.log"), load.acked)
+    drained = drained_counts(service)
+    assert len(drained) == 2 and sum(drained) > 0, service.log_text()
+
+
+def test_metrics_add_up_across_workers_after_load(tmp_path: Path):
+    service = start_service(tmp_path, workers=2)
+    try:
+        load = Load(service.port, clients=6).start()
+        time.sleep(3)
+        load.stop()
+        wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
+        on_disk = check_files(service.dir.glob("*.log"), load.acked)
+        assert on_disk == load.acked_lines() > 0
+        assert service.metric("logwriter_lines_written_total") == on_disk
+        assert service.metric("logwriter_lines_received_total") == on_disk
+        assert service.metric("logwriter_queue_bytes") == 0
+        assert service.metric("logwriter_writer_alive") == 2
+        total_bytes = sum(path.stat().st_size for path in service.dir.glob("*.log"))
+        assert service.metric("logwriter_bytes_written_total") == total_bytes
+    finally:
+        stop_service(service)

@@ -1,0 +1,116 @@
+"""Bounded test traffic to a local logwriter, and the check that every acknowledged line landed.
+
+Every line names its client, request and position ("c03 r00017 l0002 of 0150 xxxx..."), so the
+files alone show whether a line was lost, doubled, torn, reordered or split from its request.
+"""
+
+import http.client
+import random
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PAD = 60
+_LINE = re.compile(rb"c(\d{2}) r(\d{5}) l(\d{4}) of (\d{4}) x{%d}" % PAD)
+
+
+def request_body(client: int, request: int, count: int) -> bytes:
+    pad = b"x" * PAD
+    return b"".join(
+        b"c%02d r%05d l%04d of %04d %s\n" % (client, request, i, count, pad) for i in range(count)
+    )
+
+
+@dataclass
+class Load:
+    """`clients` threads posting bodies of 1..`max_lines` lines on keep-alive connections until
+    stop() or `seconds` pass, recording which requests were acknowledged."""
+
+    port: int
+    clients: int = 12
+    max_lines: int = 300
+    seconds: float = 30.0
+    path: str = "/v1/logs/load"
+    acked: dict[tuple[int, int], int] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> "Load":
+        for client in range(self.clients):
+            thread = threading.Thread(target=self._client, args=(client,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+            assert not thread.is_alive(), "a load client did not stop"
+
+    def acked_lines(self) -> int:
+        with self._lock:
+            return sum(self.acked.values())
+
+    def _client(self, client: int) -> None:
+        rng = random.Random(client)
+        deadline = time.monotonic() + self.seconds
+        conn = None
+        failures = 0
+        request = 0
+        while not self._stop.is_set() and time.monotonic() < deadline and failures < 50:
+            count = rng.randint(1, self.max_lines)
+            body = request_body(client, request, count)
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("POST", self.path, body, {"Content-Type": "text/plain"})
+                answer = conn.getresponse()
+                answer.read()
+                status = answer.status
+            except (OSError, http.client.HTTPException):
+                status = 0  # refused, reset or cut off: not acknowledged
+                if conn is not None:
+                    conn.close()
+                conn = None
+                failures += 1
+                time.sleep(0.05)
+            with self._lock:
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+                if status in (200, 202):
+                    self.acked[(client, request)] = count
+            request += 1
+        if conn is not None:
+            conn.close()
+
+
+def check_files(paths: Iterable[Path], acked: dict[tuple[int, int], int]) -> int:
+    """Assert that the files hold every acknowledged request exactly once, each request's lines
+    contiguous and in order, and no torn or foreign line. Returns the number of lines."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for path in paths:
+        lines = path.read_bytes().split(b"\n")
+        assert lines[-1] == b"", f"{path} does not end with a newline"
+        lines.pop()
+        total += len(lines)
+        i = 0
+        while i < len(lines):
+            match = _LINE.fullmatch(lines[i])
+            assert match, f"{path}:{i + 1}: torn or foreign line {lines[i][:100]!r}"
+            client, request, position, count = map(int, match.groups())
+            assert position == 0, f"{path}:{i + 1}: request starts mid-way: {lines[i][:40]!r}"
+            assert (client, request) not in seen, f"{path}:{i + 1}: c{client} r{request} twice"
+            seen.add((client, request))
+            expected = request_body(client, request, count).split(b"\n")[:-1]
+            got = lines[i : i + count]
+            assert got == expected, f"{path}:{i + 1}: c{client} r{request} not contiguous"
+            i += count
+    missing = sorted(set(acked) - seen)
+    assert not missing, f"{len(missing)} acknowledged requests missing, e.g. {missing[:5]}"
+    return total
