@@ -12,6 +12,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from service import metrics
 from service.files import LogFiles
@@ -35,8 +36,17 @@ class Runtime:
     writer: Writer
 
 
+class RestOfPath(PathConverter):
+    regex = ".*"
+    part_isolating = False  # may span "/": Werkzeug would guess otherwise from the regex
+
+
 def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
     app = Flask(__name__)
+    # Whatever follows /v1/logs/ ("", "a/b", "/etc", "..") must reach the stream name check and
+    # its 400, not a 404 or a redirect to a merged path.
+    app.url_map.merge_slashes = False
+    app.url_map.converters["rest"] = RestOfPath
     if writer is None:
         writer = Writer(LogFiles(settings.dir), settings.queue_bytes)
     app.extensions["logwriter"] = Runtime(settings, writer)
@@ -49,8 +59,7 @@ def _runtime() -> Runtime:
 
 
 @api.post("/v1/logs", defaults={"stream": "default"})
-@api.post("/v1/logs/", defaults={"stream": ""})
-@api.post("/v1/logs/<path:stream>")
+@api.post("/v1/logs/<rest:stream>")
 def post_logs(stream: str) -> tuple[dict[str, int], int]:
     settings, writer = _runtime().settings, _runtime().writer
     body = None

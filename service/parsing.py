@@ -64,24 +64,25 @@ def read_body(stream: IO[bytes], length: int | None, encoding: str | None, limit
         )
     if length is not None and length > limit:
         raise _too_large("body", limit)
-    chunks = _read_chunks(stream, length, limit)
     if encoding == "identity":
-        return b"".join(chunks)
-    return _gunzip(chunks, limit)
+        return b"".join(_read_chunks(stream, length, limit, chunk_size=length or _READ_CHUNK))
+    return _gunzip(_read_chunks(stream, length, limit, chunk_size=_READ_CHUNK), limit)
 
 
-def _read_chunks(stream: IO[bytes], length: int | None, limit: int) -> Iterator[bytes]:
+def _read_chunks(
+    stream: IO[bytes], length: int | None, limit: int, chunk_size: int
+) -> Iterator[bytes]:
     if length is not None:
         remaining = length
         while remaining:
-            chunk = _read(stream, remaining)
+            chunk = _read(stream, min(remaining, chunk_size))
             if not chunk:
                 raise Rejected(400, "incomplete", "request body ended before its Content-Length")
             remaining -= len(chunk)
             yield chunk
         return
     total = 0
-    while chunk := _read(stream, _READ_CHUNK):
+    while chunk := _read(stream, chunk_size):
         total += len(chunk)
         if total > limit:
             raise _too_large("body", limit)
@@ -97,7 +98,7 @@ def _read(stream: IO[bytes], size: int) -> bytes:
 
 def _gunzip(chunks: Iterator[bytes], limit: int) -> bytes:
     """Inflate gzip members, never holding more than `limit` + 1 output bytes (a gzip bomb
-    stops right there)."""
+    stops right there). Output comes in small steps, so no second copy of it builds up."""
     out = bytearray()
     inflater = zlib.decompressobj(_GZIP_WBITS)
     try:
@@ -105,7 +106,7 @@ def _gunzip(chunks: Iterator[bytes], limit: int) -> bytes:
             while chunk:
                 if inflater.eof:  # concatenated members are one valid gzip stream
                     inflater = zlib.decompressobj(_GZIP_WBITS)
-                out += inflater.decompress(chunk, limit + 1 - len(out))
+                out += inflater.decompress(chunk, min(_READ_CHUNK, limit + 1 - len(out)))
                 if len(out) > limit:
                     raise _too_large("decompressed body", limit)
                 chunk = inflater.unconsumed_tail or inflater.unused_data

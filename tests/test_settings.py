@@ -1,0 +1,65 @@
+"""Settings: the environment read into one validated object, with a clear message on a bad value."""
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings, SettingsError
+
+
+def test_defaults():
+    settings = Settings.from_env({})
+    assert settings == Settings(
+        dir=Path("logs"),
+        bind="127.0.0.1:8080",
+        workers=1,
+        threads=8,
+        queue_bytes=64 << 20,
+        max_body_bytes=8 << 20,
+        max_line_bytes=1 << 20,
+        ack="queued",
+    )
+
+
+def test_values_and_sizes_with_units():
+    settings = Settings.from_env(
+        {
+            "LOGWRITER_DIR": "/data",
+            "LOGWRITER_BIND": "0.0.0.0:9000",
+            "LOGWRITER_WORKERS": "4",
+            "LOGWRITER_THREADS": " 16 ",
+            "LOGWRITER_QUEUE_BYTES": "1GiB",
+            "LOGWRITER_MAX_BODY_BYTES": "512K",
+            "LOGWRITER_MAX_LINE_BYTES": "1024",
+            "LOGWRITER_ACK": "fsync",
+        }
+    )
+    assert settings.dir == Path("/data")
+    assert (settings.workers, settings.threads) == (4, 16)
+    assert (settings.queue_bytes, settings.max_body_bytes, settings.max_line_bytes) == (
+        1 << 30,
+        512 << 10,
+        1024,
+    )
+    assert settings.ack == "fsync"
+
+
+def test_empty_means_default():
+    assert Settings.from_env({"LOGWRITER_WORKERS": ""}).workers == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("LOGWRITER_WORKERS", "0", "LOGWRITER_WORKERS must be a whole number"),
+        ("LOGWRITER_THREADS", "eight", "LOGWRITER_THREADS must be a whole number"),
+        ("LOGWRITER_QUEUE_BYTES", "lots", "LOGWRITER_QUEUE_BYTES must be a size"),
+        ("LOGWRITER_MAX_BODY_BYTES", "100MiB", "must not exceed LOGWRITER_QUEUE_BYTES"),
+        ("LOGWRITER_MAX_LINE_BYTES", "9MiB", "must not exceed LOGWRITER_MAX_BODY_BYTES"),
+        ("LOGWRITER_ACK", "maybe", "LOGWRITER_ACK must be one of queued, written, fsync"),
+        ("LOGWRITER_BIND", "8080", "LOGWRITER_BIND must be HOST:PORT"),
+    ],
+)
+def test_bad_values_are_named(name: str, value: str, words: str):
+    with pytest.raises(SettingsError, match=words):
+        Settings.from_env({name: value})

@@ -1,0 +1,198 @@
+"""The writer on real files: order, the bound, group commit, the pill, retries and failure."""
+
+import errno
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from service.files import LogFiles
+from service.writer import Entry, QueueFull, WriteFailed, Writer, WriterStopped
+
+
+class GatedFiles(LogFiles):
+    """Real files whose appends wait at a gate: the disk taking nothing, on demand."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fsyncs: list[list[str]] = []
+
+    def append(self, stream: str, buffers: list[bytes | memoryview]) -> None:
+        self.gate.wait()
+        super().append(stream, buffers)
+
+    def fsync(self, streams) -> None:  # type: ignore[no-untyped-def]
+        self.fsyncs.append(list(streams))
+        super().fsync(streams)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> GatedFiles:
+    return GatedFiles(tmp_path)
+
+
+@pytest.fixture
+def writer(files: GatedFiles) -> Iterator[Writer]:
+    started = Writer(files, limit_bytes=1000)
+    started.start()
+    yield started
+    files.gate.set()
+    started.stop()
+
+
+def entry(stream: str, *lines: str, ack: str = "queued") -> Entry:
+    data = "".join(f"{line}\n" for line in lines).encode()
+    return Entry(stream, data, len(lines), ack)  # type: ignore[arg-type]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_lines_land_in_order_per_stream(tmp_path: Path, writer: Writer):
+    for i in range(50):
+        writer.put(entry("a" if i % 3 else "b", f"{i}-1", f"{i}-2"), timeout=1)
+    writer.stop()
+    assert (tmp_path / "a.log").read_text().split() == [
+        f"{i}-{j}" for i in range(50) if i % 3 for j in (1, 2)
+    ]
+    assert (tmp_path / "b.log").read_text().split() == [
+        f"{i}-{j}" for i in range(50) if not i % 3 for j in (1, 2)
+    ]
+
+
+def test_stop_drains_everything_queued_before_the_pill(tmp_path: Path, files: GatedFiles):
+    writer = Writer(files, limit_bytes=1 << 20)
+    writer.start()
+    files.gate.clear()  # the disk stalls; everything stays queued
+    for i in range(100):
+        writer.put(entry("s", str(i)), timeout=1)
+    stopper = threading.Thread(target=writer.stop)
+    stopper.start()
+    stopper.join(0.2)
+    assert stopper.is_alive(), "stop() must wait for the drain"
+    files.gate.set()
+    stopper.join(5)
+    assert not writer.alive
+    assert (tmp_path / "s.log").read_text().split() == [str(i) for i in range(100)]
+    with pytest.raises(WriterStopped):
+        writer.put(entry("s", "late"), timeout=1)
+
+
+def test_full_queue_refuses_after_the_wait_and_readiness_drops(files: GatedFiles, writer: Writer):
+    files.gate.clear()
+    writer.put(entry("s", "x" * 600), timeout=1)  # taken by the writer, held at the gate
+    writer.put(entry("s", "y" * 300), timeout=1)
+    with pytest.raises(QueueFull):
+        writer.put(entry("s", "z" * 300), timeout=0.1)
+    assert writer.unready_reason() == "queue is full"
+    files.gate.set()
+    writer.put(entry("s", "z" * 300), timeout=5)  # room again once the disk takes the lines
+
+
+def test_a_request_larger_than_the_bound_fits_an_empty_queue(tmp_path: Path, writer: Writer):
+    writer.put(entry("s", "x" * 5000), timeout=1)
+    writer.stop()
+    assert (tmp_path / "s.log").stat().st_size == 5001
+
+
+def test_producers_waiting_for_room_are_refused_when_the_writer_stops(
+    files: GatedFiles, writer: Writer
+):
+    files.gate.clear()
+    writer.put(entry("s", "x" * 600), timeout=1)
+    writer.put(entry("s", "x" * 300), timeout=1)
+    outcome: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            writer.put(entry("s", "y" * 200), timeout=30)
+        except (QueueFull, WriterStopped) as exc:
+            outcome.append(exc)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    stopper = threading.Thread(target=writer.stop)
+    stopper.start()
+    producer.join(5)
+    assert [type(exc) for exc in outcome] == [WriterStopped]
+    files.gate.set()
+    stopper.join(5)
+
+
+def test_ack_written_returns_once_the_lines_are_in_the_file(tmp_path: Path, writer: Writer):
+    item = entry("s", "durable-ish", ack="written")
+    writer.put(item, timeout=1)
+    item.wait()
+    assert (tmp_path / "s.log").read_text() == "durable-ish\n"
+
+
+def test_one_fsync_serves_every_fsync_request_of_a_batch(files: GatedFiles, writer: Writer):
+    files.gate.clear()
+    writer.put(entry("warmup", "w"), timeout=1)  # the writer takes this and waits at the gate
+    waiting = [entry("s", f"line {i}", ack="fsync") for i in range(20)]
+    for item in waiting:
+        writer.put(item, timeout=1)
+    files.gate.set()
+    for item in waiting:
+        item.wait()
+    assert files.fsyncs == [["s"]]
+
+
+def test_append_errors_are_retried_without_doubling(tmp_path: Path):
+    class FailingTwice(LogFiles):
+        failures = 2
+
+        def append(self, stream: str, buffers: list[bytes | memoryview]) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().append(stream, buffers)
+
+    before = sample("logwriter_writer_errors_total", kind="ENOSPC")
+    writer = Writer(FailingTwice(tmp_path), limit_bytes=1000)
+    writer.start()
+    item = entry("s", "kept", ack="written")
+    writer.put(item, timeout=1)
+    item.wait()
+    writer.stop()
+    assert (tmp_path / "s.log").read_text() == "kept\n"
+    assert sample("logwriter_writer_errors_total", kind="ENOSPC") == before + 2
+
+
+def test_short_writes_are_finished_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import service.files
+
+    real_writev = service.files.os.writev
+
+    def writev_at_most_3_bytes(fd: int, buffers: list[bytes]) -> int:
+        return real_writev(fd, [bytes(b"".join(buffers)[:3])])
+
+    monkeypatch.setattr(service.files.os, "writev", writev_at_most_3_bytes)
+    files = LogFiles(tmp_path)
+    files.append("s", [b"abcd\n", b"ef\n", b"ghijklm\n"])
+    files.close()
+    assert (tmp_path / "s.log").read_bytes() == b"abcd\nef\nghijklm\n"
+
+
+def test_an_unexpected_error_is_loud_and_releases_everyone(tmp_path: Path):
+    class Broken(LogFiles):
+        def append(self, stream: str, buffers: list[bytes | memoryview]) -> None:
+            raise RuntimeError("bug")
+
+    writer = Writer(Broken(tmp_path), limit_bytes=1000)
+    writer.start()
+    item = entry("s", "x", ack="written")
+    writer.put(item, timeout=1)
+    with pytest.raises(WriteFailed, match="bug"):
+        item.wait()
+    assert not writer.alive
+    assert writer.unready_reason() == "writer thread is not running"
+    assert sample("logwriter_writer_errors_total", kind="RuntimeError") >= 1
+    with pytest.raises(WriterStopped):
+        writer.put(entry("s", "y"), timeout=1)
+    writer.stop()
