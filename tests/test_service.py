@@ -114,5 +114,10 @@ def test_metrics_add_up_across_workers_after_load(tmp_path: Path):
         assert service.metric("logwriter_writer_alive") == 2
         total_bytes = sum(path.stat().st_size for path in service.dir.glob("*.log"))
         assert service.metric("logwriter_bytes_written_total") == total_bytes
+        exposition = service.request("GET", "/metrics").body
+        lint = subprocess.run(
+            ["promtool", "check", "metrics"], input=exposition, capture_output=True
+        )
+        assert (lint.returncode, lint.stdout + lint.stderr) == (0, b"")
     finally:
         stop_service(service)
