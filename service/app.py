@@ -46,6 +46,7 @@ def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
     # Whatever follows /v1/logs/ ("", "a/b", "/etc", "..") must reach the stream name check and
     # its 400, not a 404 or a redirect to a merged path.
     app.url_map.merge_slashes = False
+    app.url_map.redirect_defaults = False  # POST /v1/logs/default is served, not redirected
     app.url_map.converters["rest"] = RestOfPath
     if writer is None:
         writer = Writer(LogFiles(settings.dir), settings.queue_bytes)
@@ -147,9 +148,6 @@ def rejected(exc: Rejected) -> Response:
     response = _error(exc.status, exc.message)
     if exc.status == 503:
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
-    if exc.status == 413:
-        # The rest of an oversized body is never read: end the connection rather than drain it.
-        response.headers["Connection"] = "close"
     return response
 
 

@@ -16,7 +16,9 @@ class LogFiles:
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._fds: dict[str, int] = {}
-        self._dir_needs_fsync = False  # a file was created since the folder was last fsynced
+        # A file was opened since the folder was last fsynced. Opened, not only created: another
+        # worker may have created it, and its name is durable only once the folder is synced.
+        self._dir_needs_fsync = False
 
     def path(self, stream: str) -> Path:
         return self._dir / f"{stream}.log"
@@ -43,7 +45,6 @@ class LogFiles:
         for stream in streams:
             os.fdatasync(self._fd(stream))
         if self._dir_needs_fsync:
-            # A new file's name is only durable once its folder is synced too.
             dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 os.fsync(dir_fd)
@@ -62,10 +63,7 @@ class LogFiles:
         fd = self._fds.get(stream)
         if fd is None:
             path = self.path(stream)
-            try:
-                fd = os.open(path, _OPEN_FLAGS)
-            except FileNotFoundError:
-                fd = os.open(path, _OPEN_FLAGS | os.O_CREAT, 0o644)
-                self._dir_needs_fsync = True
+            fd = os.open(path, _OPEN_FLAGS | os.O_CREAT, 0o644)
+            self._dir_needs_fsync = True
             self._fds[stream] = fd
         return fd

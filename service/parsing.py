@@ -19,6 +19,8 @@ _GZIP_WBITS = 31  # zlib's "gzip header and trailer, no zlib wrapper"
 _TEXT_TYPES = {"text/plain", ""}
 _JSON_TYPES = {"application/json", "application/x-ndjson"}
 _CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
+_JSON_SPACE = " \t\n\r"
+_SPACE_OUTSIDE_STRINGS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+')
 
 
 class Rejected(Exception):
@@ -144,7 +146,7 @@ def count_lines(body: bytes) -> int:
 
 
 def _text_lines(body: bytes) -> Lines:
-    _check_utf8(body)
+    _decode(body)  # validates; the lines are kept as bytes
     if not body:
         return Lines(b"", 0)
     if not body.endswith(b"\n"):
@@ -156,27 +158,47 @@ def _text_lines(body: bytes) -> Lines:
 
 
 def _ndjson_lines(body: bytes) -> Lines:
-    _check_utf8(body)
     kept = []
-    for number, line in enumerate(body.split(b"\n"), start=1):
-        line = line.removesuffix(b"\r")
-        if line.strip(b" \t\r"):
-            _load_json(line, f"line {number}")
-            kept.append(line)
-    return Lines(b"".join(line + b"\n" for line in kept), len(kept))
+    for number, line in enumerate(_decode(body).split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if line.strip(_JSON_SPACE):
+            _check_json(line, f"line {number}")
+            kept.append(line + "\n")
+    return Lines("".join(kept).encode(), len(kept))
 
 
 def _json_lines(body: bytes) -> Lines:
-    _check_utf8(body)
-    document = _load_json(body, "body")
-    values = document if isinstance(document, list) else [document]
-    encoded = [_dump_json(value) for value in values]
-    return Lines(b"".join(line + b"\n" for line in encoded), len(encoded))
+    """Each value of a top-level array (or the one value) as one line, compacted by removing
+    the whitespace between tokens: its numbers, escapes and keys stay exactly as sent."""
+    text = _decode(body).strip(_JSON_SPACE)
+    _check_json(text, "body")
+    values = _array_items(text) if text.startswith("[") else [text]
+    lines = [_SPACE_OUTSIDE_STRINGS.sub(r"\1", value) + "\n" for value in values]
+    return Lines("".join(lines).encode(), len(lines))
 
 
-def _check_utf8(body: bytes) -> None:
+def _array_items(text: str) -> list[str]:
+    """The source text of each item of a JSON array already known to be valid."""
+    items = []
+    i = _skip_space(text, 1)
+    while text[i] != "]":
+        _, end = _VALIDATOR.raw_decode(text, i)
+        items.append(text[i:end])
+        i = _skip_space(text, end)
+        if text[i] == ",":
+            i = _skip_space(text, i + 1)
+    return items
+
+
+def _skip_space(text: str, i: int) -> int:
+    while text[i] in _JSON_SPACE:
+        i += 1
+    return i
+
+
+def _decode(body: bytes) -> str:
     try:
-        body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = body.count(b"\n", 0, exc.start) + 1
         raise Rejected(
@@ -188,22 +210,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _load_json(text: bytes, where: str) -> Any:
+def _ignore(text: str) -> None:
+    return None  # numbers are only validated, never converted (their text is what is written)
+
+
+# Strict JSON: no NaN or Infinity; numbers are not converted, so no size limit applies to them.
+_VALIDATOR = json.JSONDecoder(
+    parse_int=_ignore, parse_float=_ignore, parse_constant=_reject_constant
+)
+
+
+def _check_json(text: str, where: str) -> None:
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        _VALIDATOR.decode(text)
     except (ValueError, RecursionError) as exc:
         raise Rejected(400, "bad_json", f"invalid JSON in {where}: {exc}") from None
-
-
-def _dump_json(value: Any) -> bytes:
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        # A lone surrogate ("\\ud800" in the input) cannot be UTF-8: keep it escaped.
-        return text.encode("utf-8", "strict")
-    except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
-    except (ValueError, RecursionError) as exc:  # a number too large became infinity
-        raise Rejected(400, "bad_json", f"invalid JSON in body: {exc}") from None
 
 
 def _check_line_length(lines: Lines, max_line: int) -> None:

@@ -71,7 +71,7 @@ class Settings:
 
 
 def _positive_int(name: str, text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise SettingsError(f"{name} must be a whole number of at least 1, got {text!r}")
     return int(text)
 

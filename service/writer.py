@@ -198,11 +198,7 @@ class Writer:
                 time.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
         self._disk_error = None
-        metrics.write_seconds.observe(time.perf_counter() - started)
-        metrics.lines_written.inc(lines)
-        metrics.bytes_written.inc(size)
-        metrics.queue_depth.dec(lines)
-        metrics.queue_bytes.dec(size)
+        # Bookkeeping and acks first: the lines are on disk whatever happens next.
         with self._lock:
             self._pending_bytes -= size
             self._pending_lines -= lines
@@ -212,6 +208,11 @@ class Writer:
         for entry in group:
             if entry.ack == "written":
                 entry.finish()
+        metrics.write_seconds.observe(time.perf_counter() - started)
+        metrics.lines_written.inc(lines)
+        metrics.bytes_written.inc(size)
+        metrics.queue_depth.dec(lines)
+        metrics.queue_bytes.dec(size)
 
     def _fsync(self, waiting: dict[str, list[Entry]]) -> None:
         """One fsync per stream file for all the ack=fsync requests of a batch."""
@@ -224,7 +225,8 @@ class Writer:
         except OSError as exc:
             # Not retried: after a failed fsync Linux may already have dropped the dirty pages,
             # so a second fsync could succeed without the data being on disk.
-            error = f"fsync failed: {_describe(exc)}"
+            error = f"fsync failed: {_describe(exc)}; the lines may be in the file"
+            self._disk_error = error
             metrics.writer_errors.labels(kind=_kind(exc)).inc()
             log.error("fsync of %s failed: %s", ", ".join(waiting), exc)
         metrics.fsync_seconds.observe(time.perf_counter() - started)

@@ -48,8 +48,11 @@ def test_text_is_queued_then_written(app: Flask, client: FlaskClient, tmp_path: 
 def test_no_content_type_is_text_and_no_stream_is_default(app: Flask, client: FlaskClient):
     answer = client.post("/v1/logs", data=b"x\n")
     assert (answer.status_code, answer.json) == (202, {"accepted": 1})
+    named = client.post("/v1/logs/default?ack=written", data=b"y\n")  # served, not redirected
+    assert (named.status_code, named.json) == (200, {"accepted": 1})
     stop(app)
-    assert (Path(app.extensions["logwriter"].settings.dir) / "default.log").read_bytes() == b"x\n"
+    logs = Path(app.extensions["logwriter"].settings.dir)
+    assert (logs / "default.log").read_bytes() == b"x\ny\n"
 
 
 @pytest.mark.parametrize("ack", ["written", "fsync"])

@@ -99,8 +99,29 @@ def test_json_lone_surrogate_stays_escaped_and_valid_utf8():
     lines.data.decode("utf-8")
 
 
-def test_json_number_too_large_for_a_float_is_rejected():
-    rejected(lambda: parse_body(b"[1e400]", "application/json", None, MAX_LINE), 400, "bad_json")
+def test_json_keeps_numbers_keys_and_escapes_exactly_as_sent():
+    body = b'[0.1000000000000000000001, 1E2, 1e400, {"k": 1, "k": 2}, "a \\" b\\u00e9", ' + (
+        b"9" * 5000 + b"]"
+    )
+    lines = parse_body(body, "application/json", None, 1 << 20).data.split(b"\n")
+    assert lines[:5] == [
+        b"0.1000000000000000000001",
+        b"1E2",
+        b"1e400",
+        b'{"k":1,"k":2}',
+        b'"a \\" b\\u00e9"',
+    ]
+    assert lines[5] == b"9" * 5000
+
+
+@pytest.mark.parametrize("mimetype", ["application/json", "application/x-ndjson"])
+@pytest.mark.parametrize(
+    "body",
+    [b"1\x002\x00\n", b"\xef\xbb\xbf{}\n", b"[\x001\x00]\x00"],
+    ids=["utf16-as-bytes", "bom", "nul-padded"],
+)
+def test_json_must_be_utf8_text(body: bytes, mimetype: str):
+    rejected(lambda: parse_body(body, mimetype, None, MAX_LINE), 400, "bad_json")
 
 
 def test_json_nesting_too_deep_is_rejected_not_a_crash():

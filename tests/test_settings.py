@@ -52,6 +52,7 @@ def test_empty_means_default():
     ("name", "value", "words"),
     [
         ("LOGWRITER_WORKERS", "0", "LOGWRITER_WORKERS must be a whole number"),
+        ("LOGWRITER_WORKERS", "\u00b2", "LOGWRITER_WORKERS must be a whole number"),
         ("LOGWRITER_THREADS", "eight", "LOGWRITER_THREADS must be a whole number"),
         ("LOGWRITER_QUEUE_BYTES", "lots", "LOGWRITER_QUEUE_BYTES must be a size"),
         ("LOGWRITER_MAX_BODY_BYTES", "100MiB", "must not exceed LOGWRITER_QUEUE_BYTES"),
