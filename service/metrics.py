@@ -9,6 +9,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 _SECONDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
+workers = Gauge(
+    "logwriter_workers",
+    "Live worker processes.",
+    multiprocess_mode="livesum",
+)
 queue_depth = Gauge(
     "logwriter_queue_depth",
     "Lines accepted and not yet written to disk.",
@@ -27,6 +32,11 @@ queue_limit_bytes = Gauge(
 writer_alive = Gauge(
     "logwriter_writer_alive",
     "Writer threads running (one per healthy worker process).",
+    multiprocess_mode="livesum",
+)
+writer_ready = Gauge(
+    "logwriter_writer_ready",
+    "Workers whose writer can take and write new lines now (what /readyz reports).",
     multiprocess_mode="livesum",
 )
 lines_received = Counter(

@@ -20,6 +20,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from prometheus_client import multiprocess
 
+from service import metrics
 from service.app import create_app
 from service.settings import Settings
 
@@ -77,6 +78,7 @@ def post_worker_init(worker: Any) -> None:
     # run. So here these signals take the SIGTERM path: stop accepting, finish, then drain.
     signal.signal(signal.SIGINT, worker.handle_exit)
     signal.signal(signal.SIGQUIT, worker.handle_exit)
+    metrics.workers.set(1)
     worker.wsgi.extensions["logwriter"].writer.start()
 
 

@@ -103,6 +103,9 @@ class Writer:
             return "queue is full"
         return None
 
+    def _publish_readiness(self) -> None:
+        metrics.writer_ready.set(self.unready_reason() is None)
+
     def start(self) -> None:
         metrics.queue_limit_bytes.set(self._limit)
         self._thread = threading.Thread(target=self._run, name="logwriter-writer", daemon=True)
@@ -125,6 +128,7 @@ class Writer:
                 raise WriterStopped
             if not has_room:
                 self._overloaded = True
+                metrics.writer_ready.set(0)
                 raise QueueFull
             self._queue.append(entry)
             self._pending_bytes += size
@@ -142,12 +146,14 @@ class Writer:
             self._queue.append(_PILL)
             self._not_empty.notify()
             self._not_full.notify_all()  # waiting producers get WriterStopped
+        metrics.writer_ready.set(0)
         if self._thread is not None:
             self._thread.join()
         log.info("writer stopped: drained %d queued lines, files synced and closed", queued)
 
     def _run(self) -> None:
         metrics.writer_alive.set(1)
+        self._publish_readiness()
         batch: list[Entry | None] = []
         try:
             while True:
@@ -162,6 +168,7 @@ class Writer:
             self._fail(exc, batch)
         finally:
             metrics.writer_alive.set(0)
+            metrics.writer_ready.set(0)
 
     def _take(self) -> list[Entry | None]:
         with self._lock:
@@ -193,6 +200,7 @@ class Writer:
             except OSError as exc:
                 # The disk is full or failing: keep the lines and try again until it recovers.
                 self._disk_error = _describe(exc)
+                metrics.writer_ready.set(0)
                 metrics.writer_errors.labels(kind=_kind(exc)).inc()
                 log.error("appending to %s failed, retrying in %.2fs: %s", stream, delay, exc)
                 time.sleep(delay)
@@ -213,6 +221,7 @@ class Writer:
         metrics.bytes_written.inc(size)
         metrics.queue_depth.dec(lines)
         metrics.queue_bytes.dec(size)
+        self._publish_readiness()
 
     def _fsync(self, waiting: dict[str, list[Entry]]) -> None:
         """One fsync per stream file for all the ack=fsync requests of a batch."""
@@ -227,6 +236,7 @@ class Writer:
             # so a second fsync could succeed without the data being on disk.
             error = f"fsync failed: {_describe(exc)}; the lines may be in the file"
             self._disk_error = error
+            metrics.writer_ready.set(0)
             metrics.writer_errors.labels(kind=_kind(exc)).inc()
             log.error("fsync of %s failed: %s", ", ".join(waiting), exc)
         metrics.fsync_seconds.observe(time.perf_counter() - started)
