@@ -49,7 +49,8 @@ def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
     app.url_map.redirect_defaults = False  # POST /v1/logs/default is served, not redirected
     app.url_map.converters["rest"] = RestOfPath
     if writer is None:
-        writer = Writer(LogFiles(settings.dir), settings.queue_bytes)
+        files = LogFiles(settings.dir, settings.file_template, settings.max_open_files)
+        writer = Writer(files, settings.queue_bytes)
     app.extensions["logwriter"] = Runtime(settings, writer)
     app.register_blueprint(api)
     return app

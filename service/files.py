@@ -1,36 +1,80 @@
-"""Stream files: one O_APPEND descriptor per stream, appended to with writev, fsynced on demand.
+"""Stream files: where each stream's lines go, and the O_APPEND descriptors that put them there.
 
-Only the writer thread uses a LogFiles, so it needs no lock.
+Only the writer thread uses a LogFiles, so it needs no lock of its own. What it does for the
+operator's sake:
+- Rotation: before each batch it checks that a stream's path still names the file it holds
+  open (same device and inode). logrotate's `create` renames the file away; the next batch
+  then opens (creates) a new one, and nothing is lost or doubled: what was written before
+  the check went to the renamed file. `copytruncate` needs nothing: with O_APPEND every write
+  lands at the current end of the truncated file, never past it (no hole of NUL bytes).
+- LOGWRITER_FILE_TEMPLATE may hold strftime fields (UTC), so files roll by time by themselves.
+- At most `max_open` descriptors stay open; the least recently used is closed first.
 """
 
+import fcntl
 import os
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 # writev takes at most IOV_MAX buffers a call (1024 on Linux).
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class _Open:
+    path: Path
+    fd: int
+    inode: tuple[int, int]  # (st_dev, st_ino): which file `path` named when it was opened
 
 
 class LogFiles:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, template: str = "{stream}.log", max_open: int = 256):
         self._dir = directory
-        self._fds: dict[str, int] = {}
-        # A file was opened since the folder was last fsynced. Opened, not only created: another
-        # worker may have created it, and its name is durable only once the folder is synced.
-        self._dir_needs_fsync = False
+        self._template = template
+        self._max_open = max_open
+        self._open: OrderedDict[str, _Open] = OrderedDict()  # least recently used first
+        self._written: dict[str, int] = {}  # this batch: stream -> the descriptor it went to
+        self._retired: list[int] = []  # replaced descriptors, closed once the batch is synced
+        # Folders whose entries changed (a file opened or created in them) since the last
+        # fsync: a file's name is durable only once its folder is synced. Opened counts too,
+        # since another worker may have created the file.
+        self._dirs_to_sync: set[Path] = set()
+        self._lock_fd: int | None = None  # the folder, opened at the first batch
 
     def path(self, stream: str) -> Path:
-        return self._dir / f"{stream}.log"
+        """Where the stream's lines go now: the template, its strftime fields in UTC."""
+        return self._dir / time.strftime(self._template.format(stream=stream), time.gmtime())
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold off the other worker processes' writers while appending a batch.
+
+        One writev is atomic anyway; this matters when a write stops short (a full disk) and
+        its remainder is written later: no other worker's lines may land in between.
+        """
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def append(self, stream: str, buffers: list[bytes | memoryview]) -> None:
         """Append the buffers in order, finishing short writes.
 
-        O_APPEND makes each writev land at the current end of file in one piece, so worker
-        processes sharing a file never tear each other's lines. After an error, `buffers`
-        holds exactly what is still unwritten, so the caller can retry without doubling a byte.
+        O_APPEND makes each writev land at the current end of the file in one piece. After an
+        error, `buffers` holds exactly what is still unwritten, so the caller can retry without
+        doubling a byte.
         """
-        fd = self._fd(stream)
+        fd = self._written.get(stream)
+        if fd is None:  # a retry in this batch continues in the same file
+            fd = self._written[stream] = self._current(stream)
         while buffers:
             written = os.writev(fd, buffers[:_IOV_MAX])
             done = 0
@@ -42,28 +86,63 @@ class LogFiles:
                 buffers[0] = memoryview(buffers[0])[written:]
 
     def fsync(self, streams: Iterable[str]) -> None:
+        """Sync the files this batch wrote for these streams, and any folder that needs it."""
         for stream in streams:
-            os.fdatasync(self._fd(stream))
-        if self._dir_needs_fsync:
-            dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.fdatasync(self._written[stream])
+        for folder in sorted(self._dirs_to_sync):
+            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-            self._dir_needs_fsync = False
+        self._dirs_to_sync.clear()
+
+    def end_batch(self) -> None:
+        self._written.clear()
+        for fd in self._retired:
+            os.close(fd)
+        self._retired.clear()
 
     def close(self) -> None:
         """Sync and close every file."""
-        self.fsync(list(self._fds))
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._written = {stream: handle.fd for stream, handle in self._open.items()}
+        self.fsync(list(self._written))
+        self._retired.extend(self._written.values())
+        self._open.clear()
+        self.end_batch()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
-    def _fd(self, stream: str) -> int:
-        fd = self._fds.get(stream)
-        if fd is None:
-            path = self.path(stream)
-            fd = os.open(path, _OPEN_FLAGS | os.O_CREAT, 0o644)
-            self._dir_needs_fsync = True
-            self._fds[stream] = fd
+    def _current(self, stream: str) -> int:
+        path = self.path(stream)
+        handle = self._open.get(stream)
+        if handle is not None and handle.path == path and _inode(path) == handle.inode:
+            self._open.move_to_end(stream)
+            return handle.fd
+        if handle is not None:  # rotated away, or the template moved on to a new file
+            self._retire(stream)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folder = path.parent
+            while folder != self._dir:  # each new folder's name lives in its parent
+                folder = folder.parent
+                self._dirs_to_sync.add(folder)
+        fd = os.open(path, _OPEN_FLAGS, 0o644)
+        stat = os.fstat(fd)
+        self._open[stream] = _Open(path, fd, (stat.st_dev, stat.st_ino))
+        self._dirs_to_sync.add(path.parent)
+        if len(self._open) > self._max_open:
+            self._retire(next(iter(self._open)))
         return fd
+
+    def _retire(self, stream: str) -> None:
+        self._retired.append(self._open.pop(stream).fd)
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino

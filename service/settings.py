@@ -2,9 +2,10 @@
 
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 Ack = Literal["queued", "written", "fsync"]
@@ -28,6 +29,8 @@ class Settings:
     max_body_bytes: int = 8 << 20
     max_line_bytes: int = 1 << 20
     ack: Ack = "queued"
+    file_template: str = "{stream}.log"
+    max_open_files: int = 256
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -48,6 +51,8 @@ class Settings:
             max_body_bytes=read("MAX_BODY_BYTES", _size, d.max_body_bytes),
             max_line_bytes=read("MAX_LINE_BYTES", _size, d.max_line_bytes),
             ack=read("ACK", _ack, d.ack),
+            file_template=read("FILE_TEMPLATE", lambda _, text: text, d.file_template),
+            max_open_files=read("MAX_OPEN_FILES", _positive_int, d.max_open_files),
         )
         settings.validate()
         return settings
@@ -64,10 +69,24 @@ class Settings:
                 f"LOGWRITER_MAX_BODY_BYTES ({self.max_body_bytes}) must not exceed "
                 f"LOGWRITER_QUEUE_BYTES ({self.queue_bytes})"
             )
+        _check_template(self.file_template)
         if not re.fullmatch(r"unix:.+|fd://\d+|\[[0-9A-Fa-f:.]+\]:\d+|[^:\s\[\]]*:\d+", self.bind):
             raise SettingsError(
                 f"LOGWRITER_BIND must be HOST:PORT, [IPV6]:PORT or unix:PATH, got {self.bind!r}"
             )
+
+
+def _check_template(template: str) -> None:
+    problem = f"LOGWRITER_FILE_TEMPLATE must name a file inside LOGWRITER_DIR, got {template!r}"
+    if "{stream}" not in template:
+        raise SettingsError(f"{problem}: it must hold {{stream}}")
+    try:
+        name = time.strftime(template.format(stream="s"), time.gmtime(0))
+    except (KeyError, IndexError, ValueError):
+        raise SettingsError(f"{problem}: only {{stream}} and strftime fields may appear") from None
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or name.endswith("/") or ".." in parts:
+        raise SettingsError(problem)
 
 
 def _positive_int(name: str, text: str) -> int:

@@ -181,11 +181,13 @@ class Writer:
         by_stream: dict[str, list[Entry]] = {}
         for entry in entries:
             by_stream.setdefault(entry.stream, []).append(entry)
-        for stream, group in by_stream.items():
-            self._append(stream, group)
+        with self._files.exclusive():
+            for stream, group in by_stream.items():
+                self._append(stream, group)
         metrics.batch_lines.observe(sum(entry.lines for entry in entries))
         waiting = {stream: _fsync_entries(group) for stream, group in by_stream.items()}
         self._fsync({stream: group for stream, group in waiting.items() if group})
+        self._files.end_batch()
 
     def _append(self, stream: str, group: list[Entry]) -> None:
         buffers: list[bytes | memoryview] = [entry.data for entry in group]

@@ -121,3 +121,24 @@ def test_metrics_add_up_across_workers_after_load(tmp_path: Path):
         assert (lint.returncode, lint.stdout + lint.stderr) == (0, b"")
     finally:
         stop_service(service)
+
+
+def test_hup_restarts_workers_gracefully_without_losing_a_line(tmp_path: Path):
+    service = start_service(tmp_path, workers=2)
+    try:
+        load = Load(service.port, clients=6).start()
+        try:
+            wait_until(lambda: load.acked_lines() > 5_000, 60, "5,000 acknowledged lines")
+            service.signal(signal.SIGHUP)
+            wait_until(lambda: len(drained_counts(service)) == 2, 60, "the old workers to drain")
+            wait_until(lambda: service.metric("logwriter_writer_alive") == 2, 30, "new workers")
+            acked_before = load.acked_lines()
+            wait_until(lambda: load.acked_lines() > acked_before + 2_000, 60, "lines after HUP")
+        finally:
+            load.stop()
+        wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
+        # child_exit retires the old workers' live gauges once the arbiter has reaped them.
+        wait_until(lambda: service.metric("logwriter_workers") == 2, 30, "2 live workers")
+    finally:
+        stop_service(service)
+    check_files(service.dir.glob("*.log"), load.acked)

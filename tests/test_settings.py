@@ -18,6 +18,8 @@ def test_defaults():
         max_body_bytes=8 << 20,
         max_line_bytes=1 << 20,
         ack="queued",
+        file_template="{stream}.log",
+        max_open_files=256,
     )
 
 
@@ -59,6 +61,11 @@ def test_empty_means_default():
         ("LOGWRITER_MAX_LINE_BYTES", "9MiB", "must not exceed LOGWRITER_MAX_BODY_BYTES"),
         ("LOGWRITER_ACK", "maybe", "LOGWRITER_ACK must be one of queued, written, fsync"),
         ("LOGWRITER_BIND", "8080", "LOGWRITER_BIND must be HOST:PORT"),
+        ("LOGWRITER_FILE_TEMPLATE", "all.log", "must hold {stream}"),
+        ("LOGWRITER_FILE_TEMPLATE", "../{stream}.log", "must name a file inside"),
+        ("LOGWRITER_FILE_TEMPLATE", "/var/log/{stream}.log", "must name a file inside"),
+        ("LOGWRITER_FILE_TEMPLATE", "{stream}/{host}.log", "only {stream} and strftime"),
+        ("LOGWRITER_MAX_OPEN_FILES", "0", "LOGWRITER_MAX_OPEN_FILES must be a whole number"),
     ],
 )
 def test_bad_values_are_named(name: str, value: str, words: str):

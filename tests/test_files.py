@@ -1,0 +1,55 @@
+"""Stream files: rotation by rename, truncation, time-based templates, the open-file bound."""
+
+import os
+import time
+from pathlib import Path
+
+from service.files import LogFiles
+
+
+def append(files: LogFiles, stream: str, data: bytes) -> None:
+    with files.exclusive():
+        files.append(stream, [data])
+    files.end_batch()
+
+
+def test_a_renamed_file_is_followed_by_a_new_one(tmp_path: Path):
+    files = LogFiles(tmp_path)
+    append(files, "s", b"one\n")
+    (tmp_path / "s.log").rename(tmp_path / "s.log.1")
+    append(files, "s", b"two\n")
+    files.close()
+    assert (tmp_path / "s.log.1").read_bytes() == b"one\n"
+    assert (tmp_path / "s.log").read_bytes() == b"two\n"
+
+
+def test_a_truncated_file_is_appended_at_its_new_end(tmp_path: Path):
+    files = LogFiles(tmp_path)
+    append(files, "s", b"x" * 1000 + b"\n")
+    os.truncate(tmp_path / "s.log", 0)
+    append(files, "s", b"after\n")
+    files.close()
+    assert (tmp_path / "s.log").read_bytes() == b"after\n"  # no hole of NUL bytes
+
+
+def test_template_with_time_fields_makes_folders(tmp_path: Path):
+    files = LogFiles(tmp_path, "{stream}/%Y/%m-%d.log")
+    append(files, "web", b"hit\n")
+    with files.exclusive():
+        files.append("web", [b"sync me\n"])
+    files.fsync(["web"])
+    files.end_batch()
+    files.close()
+    today = time.strftime("%Y/%m-%d", time.gmtime())
+    assert (tmp_path / "web" / f"{today}.log").read_bytes() == b"hit\nsync me\n"
+
+
+def test_least_recently_used_files_are_closed_beyond_the_bound(tmp_path: Path):
+    files = LogFiles(tmp_path, max_open=2)
+    before = len(os.listdir("/proc/self/fd"))
+    for name in ("a", "b", "c", "a", "d"):
+        append(files, name, f"{name}\n".encode())
+    assert len(os.listdir("/proc/self/fd")) - before <= 3  # two streams and the folder lock
+    files.close()
+    assert (tmp_path / "a.log").read_bytes() == b"a\na\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.log", "b.log", "c.log", "d.log"]
