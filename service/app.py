@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from service import metrics
+from service.auth import BearerTokens
 from service.files import LogFiles
 from service.parsing import Rejected, check_stream_name, count_lines, parse_body, read_body
 from service.settings import ACK_MODES, Ack, Settings
@@ -34,6 +35,7 @@ class Runtime:
 
     settings: Settings
     writer: Writer
+    tokens: BearerTokens
 
 
 class RestOfPath(PathConverter):
@@ -51,7 +53,7 @@ def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
     if writer is None:
         files = LogFiles(settings.dir, settings.file_template, settings.max_open_files)
         writer = Writer(files, settings.queue_bytes)
-    app.extensions["logwriter"] = Runtime(settings, writer)
+    app.extensions["logwriter"] = Runtime(settings, writer, BearerTokens(settings.tokens))
     app.register_blueprint(api)
     return app
 
@@ -66,6 +68,7 @@ def post_logs(stream: str) -> tuple[dict[str, int], int]:
     settings, writer = _runtime().settings, _runtime().writer
     body = None
     try:
+        _require_token()
         check_stream_name(stream)
         ack = _ack_mode(request.args.get("ack"), settings.ack)
         body = read_body(
@@ -93,6 +96,12 @@ def post_logs(stream: str) -> tuple[dict[str, int], int]:
     except WriteFailed as exc:
         raise Rejected(503, "write_failed", f"lines were not made durable: {exc}") from None
     return {"accepted": lines.count}, 200
+
+
+def _require_token() -> None:
+    tokens = _runtime().tokens
+    if tokens.required and not tokens.allows(request.headers.get("Authorization")):
+        raise Rejected(401, "unauthorized", "missing or invalid bearer token")
 
 
 def _put(writer: Writer, entry: Entry) -> None:
@@ -130,6 +139,8 @@ def readyz() -> tuple[dict[str, str], int]:
 
 @api.get("/metrics")
 def metrics_view() -> Response:
+    if _runtime().settings.metrics_auth:
+        _require_token()
     registry = REGISTRY
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         # Each scrape reads every worker's files, so any worker can answer for the whole service.
@@ -149,6 +160,8 @@ def rejected(exc: Rejected) -> Response:
     response = _error(exc.status, exc.message)
     if exc.status == 503:
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="logwriter"'
     return response
 
 

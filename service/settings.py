@@ -4,7 +4,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -31,6 +31,8 @@ class Settings:
     ack: Ack = "queued"
     file_template: str = "{stream}.log"
     max_open_files: int = 256
+    tokens: tuple[str, ...] = field(default=(), repr=False)  # never printed or logged
+    metrics_auth: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -53,6 +55,8 @@ class Settings:
             ack=read("ACK", _ack, d.ack),
             file_template=read("FILE_TEMPLATE", lambda _, text: text, d.file_template),
             max_open_files=read("MAX_OPEN_FILES", _positive_int, d.max_open_files),
+            tokens=read("TOKENS", _token_list, ()) + read("TOKENS_FILE", _token_file, ()),
+            metrics_auth=read("METRICS_AUTH", _boolean, d.metrics_auth),
         )
         settings.validate()
         return settings
@@ -70,6 +74,10 @@ class Settings:
                 f"LOGWRITER_QUEUE_BYTES ({self.queue_bytes})"
             )
         _check_template(self.file_template)
+        if self.metrics_auth and not self.tokens:
+            raise SettingsError(
+                "LOGWRITER_METRICS_AUTH needs tokens: set LOGWRITER_TOKENS or LOGWRITER_TOKENS_FILE"
+            )
         if not re.fullmatch(r"unix:.+|fd://\d+|\[[0-9A-Fa-f:.]+\]:\d+|[^:\s\[\]]*:\d+", self.bind):
             raise SettingsError(
                 f"LOGWRITER_BIND must be HOST:PORT, [IPV6]:PORT or unix:PATH, got {self.bind!r}"
@@ -87,6 +95,32 @@ def _check_template(template: str) -> None:
     parts = PurePosixPath(name).parts
     if name.startswith("/") or name.endswith("/") or ".." in parts:
         raise SettingsError(problem)
+
+
+def _token_list(name: str, text: str) -> tuple[str, ...]:
+    tokens = tuple(token.strip() for token in text.split(",") if token.strip())
+    for token in tokens:
+        if any(char.isspace() for char in token) or not token.isprintable():
+            raise SettingsError(f"{name}: a token must not hold spaces or control characters")
+    return tokens
+
+
+def _token_file(name: str, text: str) -> tuple[str, ...]:
+    """One token a line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = Path(text).read_text().splitlines()
+    except OSError as exc:
+        raise SettingsError(f"{name}: cannot read {text}: {exc.strerror}") from None
+    kept = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return _token_list(name, ",".join(kept))
+
+
+def _boolean(name: str, text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {text!r}")
 
 
 def _positive_int(name: str, text: str) -> int:

@@ -1,0 +1,121 @@
+"""Bearer tokens: POST needs one when tokens are set; health stays open; metrics on request."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import start_service, stop_service
+from flask.testing import FlaskClient
+
+from service.app import create_app
+from service.auth import BearerTokens
+from service.settings import Settings, SettingsError
+
+TOKENS = ("s3cret-one", "other-Token_2")
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[FlaskClient]:
+    app = create_app(Settings(dir=tmp_path, tokens=TOKENS))
+    writer = app.extensions["logwriter"].writer
+    writer.start()
+    yield app.test_client()
+    writer.stop()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Bearer wrong",
+        "Basic czNjcmV0LW9uZQ==",
+        "s3cret-one",
+        "Bearer s3cret-on",
+        "Bearer s3cret-one2",
+    ],
+)
+def test_post_without_a_valid_token_is_401_and_writes_nothing(
+    client: FlaskClient, tmp_path: Path, header: str | None
+):
+    headers = {} if header is None else {"Authorization": header}
+    answer = client.post("/v1/logs/s?ack=written", data=b"x\n", headers=headers)
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"] == 'Bearer realm="logwriter"'
+    assert answer.json == {"error": "missing or invalid bearer token"}
+    assert not (tmp_path / "s.log").exists()
+
+
+@pytest.mark.parametrize("token", TOKENS)
+def test_any_configured_token_may_write(client: FlaskClient, tmp_path: Path, token: str):
+    answer = client.post(
+        "/v1/logs/s?ack=written", data=b"x\n", headers={"Authorization": f"bearer  {token} "}
+    )
+    assert answer.status_code == 200
+    assert (tmp_path / "s.log").read_bytes() == b"x\n"
+
+
+def test_health_readiness_and_metrics_stay_open_by_default(client: FlaskClient):
+    assert [client.get(path).status_code for path in ("/healthz", "/readyz", "/metrics")] == [
+        200,
+        200,
+        200,
+    ]
+
+
+def test_metrics_can_require_a_token(tmp_path: Path):
+    app = create_app(Settings(dir=tmp_path, tokens=TOKENS, metrics_auth=True))
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 401
+    authorized = client.get("/metrics", headers={"Authorization": f"Bearer {TOKENS[0]}"})
+    assert authorized.status_code == 200
+    assert client.get("/healthz").status_code == 503  # writer not started here, but not 401
+
+
+def test_no_tokens_means_open():
+    assert not BearerTokens([]).required
+    assert BearerTokens(["a"]).allows("Bearer a")
+
+
+def test_tokens_from_env_and_file(tmp_path: Path):
+    token_file = tmp_path / "tokens"
+    token_file.write_text("# ops team\nfrom-file\n\n  spaced  \n")
+    settings = Settings.from_env(
+        {"LOGWRITER_TOKENS": "a, b,,", "LOGWRITER_TOKENS_FILE": str(token_file)}
+    )
+    assert settings.tokens == ("a", "b", "from-file", "spaced")
+    assert "from-file" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"LOGWRITER_TOKENS_FILE": "/nonexistent/tokens"}, "cannot read"),
+        ({"LOGWRITER_TOKENS": "has space"}, "must not hold spaces"),
+        ({"LOGWRITER_METRICS_AUTH": "true"}, "needs tokens"),
+        ({"LOGWRITER_METRICS_AUTH": "maybe", "LOGWRITER_TOKENS": "a"}, "true or false"),
+    ],
+)
+def test_bad_token_settings_are_named(env: dict[str, str], words: str):
+    with pytest.raises(SettingsError, match=words):
+        Settings.from_env(env)
+
+
+def test_tokens_never_reach_the_log(tmp_path: Path):
+    service = start_service(
+        tmp_path,
+        env={"LOGWRITER_TOKENS": "tok-visible-nowhere", "GUNICORN_CMD_ARGS": "--access-logfile -"},
+    )
+    try:
+        good = service.request(
+            "POST", "/v1/logs/a", b"x\n", {"Authorization": "Bearer tok-visible-nowhere"}
+        )
+        bad = service.request("POST", "/v1/logs/a", b"x\n", {"Authorization": "Bearer tok-guess"})
+        assert (good.status, bad.status) == (202, 401)
+    finally:
+        stop_service(service)
+    log = service.log_text()
+    assert '"POST /v1/logs/a HTTP/1.1" 202' in log  # the access log is on
+    assert "tok-visible-nowhere" not in log and "tok-guess" not in log
