@@ -7,6 +7,7 @@ create_app() only builds objects: no thread is started, no file touched. The Gun
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -27,6 +28,7 @@ QUEUE_WAIT_SECONDS = 1.0  # how long a request waits for room in a full queue be
 RETRY_AFTER_SECONDS = "1"
 
 api = Blueprint("logwriter", __name__)
+OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()  # the API's contract, kept here
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,11 @@ def metrics_view() -> Response:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    return current_app.response_class(OPENAPI, mimetype="application/json")
 
 
 @api.after_app_request
