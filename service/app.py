@@ -73,6 +73,7 @@ def post_logs(stream: str) -> tuple[dict[str, int], int]:
         _require_token()
         check_stream_name(stream)
         ack = _ack_mode(request.args.get("ack"), settings.ack)
+        _limit_waits(settings.body_timeout)
         body = read_body(
             request.environ["wsgi.input"],
             request.content_length,
@@ -98,6 +99,16 @@ def post_logs(stream: str) -> tuple[dict[str, int], int]:
     except WriteFailed as exc:
         raise Rejected(503, "write_failed", f"lines were not made durable: {exc}") from None
     return {"accepted": lines.count}, 200
+
+
+def _limit_waits(seconds: float) -> None:
+    """A client whose body stalls for `seconds` gets a 408 instead of holding a request thread.
+
+    Gunicorn resets the socket to blocking (no timeout) before each request it reads.
+    """
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        sock.settimeout(seconds)
 
 
 def _require_token() -> None:

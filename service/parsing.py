@@ -94,6 +94,8 @@ def _read_chunks(
 def _read(stream: IO[bytes], size: int) -> bytes:
     try:
         return stream.read(size)
+    except TimeoutError:
+        raise Rejected(408, "timeout", "the request body stopped arriving") from None
     except Exception as exc:  # the server's own parse errors, such as a malformed chunk
         raise Rejected(400, "bad_body", f"could not read the request body: {exc}") from None
 

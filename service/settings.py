@@ -31,6 +31,7 @@ class Settings:
     ack: Ack = "queued"
     file_template: str = "{stream}.log"
     max_open_files: int = 256
+    body_timeout: float = 10.0
     tokens: tuple[str, ...] = field(default=(), repr=False)  # never printed or logged
     metrics_auth: bool = False
 
@@ -55,6 +56,7 @@ class Settings:
             ack=read("ACK", _ack, d.ack),
             file_template=read("FILE_TEMPLATE", lambda _, text: text, d.file_template),
             max_open_files=read("MAX_OPEN_FILES", _positive_int, d.max_open_files),
+            body_timeout=read("BODY_TIMEOUT", _seconds, d.body_timeout),
             tokens=read("TOKENS", _token_list, ()) + read("TOKENS_FILE", _token_file, ()),
             metrics_auth=read("METRICS_AUTH", _boolean, d.metrics_auth),
         )
@@ -113,6 +115,16 @@ def _token_file(name: str, text: str) -> tuple[str, ...]:
         raise SettingsError(f"{name}: cannot read {text}: {exc.strerror}") from None
     kept = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     return _token_list(name, ",".join(kept))
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 3600:
+        raise SettingsError(f"{name} must be a number of seconds above 0, got {text!r}")
+    return seconds
 
 
 def _boolean(name: str, text: str) -> bool:
