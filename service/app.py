@@ -17,6 +17,7 @@ from werkzeug.routing import PathConverter
 
 from service import metrics
 from service.auth import BearerTokens
+from service.deadlines import BodyDeadlines
 from service.files import LogFiles
 from service.parsing import Rejected, check_stream_name, count_lines, parse_body, read_body
 from service.settings import ACK_MODES, Ack, Settings
@@ -38,6 +39,7 @@ class Runtime:
     settings: Settings
     writer: Writer
     tokens: BearerTokens
+    deadlines: BodyDeadlines
 
 
 class RestOfPath(PathConverter):
@@ -55,7 +57,9 @@ def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
     if writer is None:
         files = LogFiles(settings.dir, settings.file_template, settings.max_open_files)
         writer = Writer(files, settings.queue_bytes)
-    app.extensions["logwriter"] = Runtime(settings, writer, BearerTokens(settings.tokens))
+    app.extensions["logwriter"] = Runtime(
+        settings, writer, BearerTokens(settings.tokens), BodyDeadlines(settings.body_timeout)
+    )
     app.register_blueprint(api)
     return app
 
@@ -73,13 +77,7 @@ def post_logs(stream: str) -> tuple[dict[str, int], int]:
         _require_token()
         check_stream_name(stream)
         ack = _ack_mode(request.args.get("ack"), settings.ack)
-        _limit_waits(settings.body_timeout)
-        body = read_body(
-            request.environ["wsgi.input"],
-            request.content_length,
-            request.headers.get("Content-Encoding"),
-            settings.max_body_bytes,
-        )
+        body = _read_request_body(settings)
         lines = parse_body(
             body, request.mimetype, request.mimetype_params.get("charset"), settings.max_line_bytes
         )
@@ -101,14 +99,31 @@ def post_logs(stream: str) -> tuple[dict[str, int], int]:
     return {"accepted": lines.count}, 200
 
 
-def _limit_waits(seconds: float) -> None:
-    """A client whose body stalls for `seconds` gets a 408 instead of holding a request thread.
+def _read_request_body(settings: Settings) -> bytes:
+    """The body, decompressed. A client that does not send it whole within body_timeout
+    seconds, stalling or trickling, gets a 408 and no longer holds a request thread."""
 
-    Gunicorn resets the socket to blocking (no timeout) before each request it reads.
-    """
+    def read() -> bytes:
+        return read_body(
+            request.environ["wsgi.input"],
+            request.content_length,
+            request.headers.get("Content-Encoding"),
+            settings.max_body_bytes,
+        )
+
     sock = request.environ.get("gunicorn.socket")
-    if sock is not None:
-        sock.settimeout(seconds)
+    if sock is None:  # not under Gunicorn: Flask's test client
+        return read()
+    sock.settimeout(settings.body_timeout)  # Gunicorn makes it blocking again for the next one
+    deadlines = _runtime().deadlines
+    with deadlines.watch(sock):
+        try:
+            return read()
+        except Rejected:
+            if deadlines.expired(sock):
+                message = f"the request body took longer than {settings.body_timeout:g} s"
+                raise Rejected(408, "timeout", message) from None
+            raise
 
 
 def _require_token() -> None:

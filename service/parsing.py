@@ -96,6 +96,8 @@ def _read(stream: IO[bytes], size: int) -> bytes:
         return stream.read(size)
     except TimeoutError:
         raise Rejected(408, "timeout", "the request body stopped arriving") from None
+    except OSError as exc:  # the connection failed, or was cut off for taking too long
+        raise Rejected(400, "incomplete", f"could not read the request body: {exc}") from None
     except Exception as exc:  # the server's own parse errors, such as a malformed chunk
         raise Rejected(400, "bad_body", f"could not read the request body: {exc}") from None
 
