@@ -39,7 +39,7 @@ class BodyDeadlines:
             yield
         finally:
             with self._lock:
-                del self._watched[key]
+                self._watched.pop(key, None)  # gone already if the watchdog cut it off
                 self._expired.discard(key)
 
     def expired(self, sock: socket.socket) -> bool:
@@ -50,12 +50,13 @@ class BodyDeadlines:
         while True:
             time.sleep(_TICK)
             now = time.monotonic()
+            # Under the lock, so that a socket is only ever cut off inside its watch() block,
+            # never once its request has moved on.
             with self._lock:
                 late = [(key, sock) for key, (end, sock) in self._watched.items() if end < now]
-                self._expired.update(key for key, _ in late)
-                for key, _ in late:
+                for key, sock in late:
                     del self._watched[key]
-            for _, sock in late:
-                # The blocked read returns; the answer can still go out. OSError: already closed.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RD)
+                    self._expired.add(key)
+                    # The blocked read returns; the answer still goes out. OSError: closed.
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RD)

@@ -102,8 +102,8 @@ def _check_template(template: str) -> None:
 def _token_list(name: str, text: str) -> tuple[str, ...]:
     tokens = tuple(token.strip() for token in text.split(",") if token.strip())
     for token in tokens:
-        if any(char.isspace() for char in token) or not token.isprintable():
-            raise SettingsError(f"{name}: a token must not hold spaces or control characters")
+        if any(char.isspace() for char in token) or not (token.isascii() and token.isprintable()):
+            raise SettingsError(f"{name}: a token must be printable ASCII without spaces")
     return tokens
 
 

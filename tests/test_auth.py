@@ -93,7 +93,8 @@ def test_tokens_from_env_and_file(tmp_path: Path):
     ("env", "words"),
     [
         ({"LOGWRITER_TOKENS_FILE": "/nonexistent/tokens"}, "cannot read"),
-        ({"LOGWRITER_TOKENS": "has space"}, "must not hold spaces"),
+        ({"LOGWRITER_TOKENS": "has space"}, "printable ASCII without spaces"),
+        ({"LOGWRITER_TOKENS": "caf\u00e9"}, "printable ASCII without spaces"),
         ({"LOGWRITER_METRICS_AUTH": "true"}, "needs tokens"),
         ({"LOGWRITER_METRICS_AUTH": "maybe", "LOGWRITER_TOKENS": "a"}, "true or false"),
     ],
