@@ -85,6 +85,9 @@ class Writer:
         # readiness drops while a worker turns requests away, and does not flap at the edge.
         self._overloaded = False
         self._disk_error: str | None = None  # the last append failed with this; retrying
+        self._unwritten: dict[str, _Share] = {}  # streams whose append failed, kept in order
+        self._retry_delay = _RETRY_FIRST
+        self._retry_at = 0.0  # monotonic time of the next attempt at what is unwritten
         self._thread: threading.Thread | None = None
 
     @property
@@ -155,14 +158,15 @@ class Writer:
         metrics.writer_alive.set(1)
         self._publish_readiness()
         batch: list[Entry | None] = []
+        stopping = False
         try:
-            while True:
-                batch = self._take()
-                entries = [entry for entry in batch if entry is not _PILL]
-                if entries:
-                    self._write(entries)
-                if batch[-1] is _PILL:  # nothing is ever queued behind it
-                    break
+            # After the pill nothing more is queued; what a failing disk left over is retried
+            # until it is written (or Gunicorn's graceful timeout ends the process).
+            while not (stopping and not self._unwritten):
+                retry_in = max(0.0, self._retry_at - time.monotonic())
+                batch = self._take(timeout=retry_in if self._unwritten else None)
+                stopping = stopping or _PILL in batch
+                self._write([entry for entry in batch if entry is not _PILL])
             self._files.close()
         except BaseException as exc:
             self._fail(exc, batch)
@@ -170,44 +174,65 @@ class Writer:
             metrics.writer_alive.set(0)
             metrics.writer_ready.set(0)
 
-    def _take(self) -> list[Entry | None]:
+    def _take(self, timeout: float | None) -> list[Entry | None]:
         with self._lock:
-            self._not_empty.wait_for(lambda: self._queue)
+            self._not_empty.wait_for(lambda: self._queue, timeout)
             batch = list(self._queue)
             self._queue.clear()
         return batch
 
     def _write(self, entries: list[Entry]) -> None:
-        by_stream: dict[str, list[Entry]] = {}
+        # What failed before goes first, so that each stream's lines keep their order.
+        shares, self._unwritten = self._unwritten, {}
         for entry in entries:
-            by_stream.setdefault(entry.stream, []).append(entry)
-        with self._files.exclusive():
-            for stream, group in by_stream.items():
-                self._append(stream, group)
-        metrics.batch_lines.observe(sum(entry.lines for entry in entries))
-        waiting = {stream: _fsync_entries(group) for stream, group in by_stream.items()}
+            shares.setdefault(entry.stream, _Share()).add(entry)
+        retry_now = time.monotonic() >= self._retry_at
+        written: dict[str, _Share] = {}
+        try:
+            with self._files.exclusive():
+                for stream, share in shares.items():
+                    if (share.failed and not retry_now) or not self._append(stream, share):
+                        self._unwritten[stream] = share
+                    else:
+                        written[stream] = share
+        except OSError as exc:  # the log folder itself could not be opened or locked
+            self._record_error("the log folder", exc)
+            self._unwritten.update(shares)
+        if self._unwritten and retry_now:
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
+        elif not self._unwritten:
+            self._retry_delay = _RETRY_FIRST
+            self._disk_error = None
+        if entries:
+            metrics.batch_lines.observe(sum(entry.lines for entry in entries))
+        waiting = {stream: _fsync_entries(share.entries) for stream, share in written.items()}
         self._fsync({stream: group for stream, group in waiting.items() if group})
         self._files.end_batch()
+        self._publish_readiness()
 
-    def _append(self, stream: str, group: list[Entry]) -> None:
-        buffers: list[bytes | memoryview] = [entry.data for entry in group]
-        size = sum(map(len, buffers))
-        lines = sum(entry.lines for entry in group)
+    def _append(self, stream: str, share: "_Share") -> bool:
+        """Append a stream's share of the batch; False if it must wait for a later batch.
+
+        A failed append is retried right here, holding the folder lock, only when it cut a
+        request in two: its rest must follow before any other worker writes to the file.
+        Otherwise the share waits and the other streams go on.
+        """
         started = time.perf_counter()
         delay = _RETRY_FIRST
         while True:
             try:
-                self._files.append(stream, buffers)  # on error, buffers keeps only the rest
+                self._files.append(stream, share.buffers)  # on error, only the rest remains
                 break
             except OSError as exc:
-                # The disk is full or failing: keep the lines and try again until it recovers.
-                self._disk_error = _describe(exc)
-                metrics.writer_ready.set(0)
-                metrics.writer_errors.labels(kind=_kind(exc)).inc()
-                log.error("appending to %s failed, retrying in %.2fs: %s", stream, delay, exc)
+                self._record_error(stream, exc)
+                share.failed = True
+                if not isinstance(share.buffers[0], memoryview):
+                    return False  # no request is half-written
                 time.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
-        self._disk_error = None
+        size = sum(len(entry.data) for entry in share.entries)
+        lines = sum(entry.lines for entry in share.entries)
         # Bookkeeping and acks first: the lines are on disk whatever happens next.
         with self._lock:
             self._pending_bytes -= size
@@ -215,7 +240,7 @@ class Writer:
             if self._pending_bytes <= self._limit // 2:
                 self._overloaded = False
             self._not_full.notify_all()
-        for entry in group:
+        for entry in share.entries:
             if entry.ack == "written":
                 entry.finish()
         metrics.write_seconds.observe(time.perf_counter() - started)
@@ -223,7 +248,14 @@ class Writer:
         metrics.bytes_written.inc(size)
         metrics.queue_depth.dec(lines)
         metrics.queue_bytes.dec(size)
-        self._publish_readiness()
+        return True
+
+    def _record_error(self, where: str, exc: OSError) -> None:
+        # The disk is full or failing: the lines stay queued and are tried again.
+        self._disk_error = _describe(exc)
+        metrics.writer_ready.set(0)
+        metrics.writer_errors.labels(kind=_kind(exc)).inc()
+        log.error("appending to %s failed, will retry: %s", where, exc)
 
     def _fsync(self, waiting: dict[str, list[Entry]]) -> None:
         """One fsync per stream file for all the ack=fsync requests of a batch."""
@@ -250,14 +282,28 @@ class Writer:
         """The thread cannot go on: say so loudly, and release everyone who waits on it."""
         log.critical("writer thread failed; this worker takes no more lines", exc_info=exc)
         metrics.writer_errors.labels(kind=type(exc).__name__).inc()
+        unwritten = [entry for share in self._unwritten.values() for entry in share.entries]
         with self._lock:
             self._closed = True
-            abandoned = [entry for entry in (*batch, *self._queue) if entry is not _PILL]
+            abandoned = [e for e in (*unwritten, *batch, *self._queue) if e is not _PILL]
             self._queue.clear()
             self._not_full.notify_all()
         for entry in abandoned:
             if entry.done is not None and not entry.done.is_set():
                 entry.finish(f"writer failed: {exc!r}")
+
+
+@dataclass(eq=False, slots=True)
+class _Share:
+    """One stream's part of a batch: its requests, and what of their bytes is unwritten."""
+
+    entries: list[Entry] = field(default_factory=list)
+    buffers: list[bytes | memoryview] = field(default_factory=list)
+    failed: bool = False  # an append of it failed: it is retried on the writer's backoff
+
+    def add(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        self.buffers.append(entry.data)
 
 
 def _fsync_entries(group: list[Entry]) -> list[Entry]:

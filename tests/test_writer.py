@@ -196,3 +196,23 @@ def test_an_unexpected_error_is_loud_and_releases_everyone(tmp_path: Path):
     with pytest.raises(WriterStopped):
         writer.put(entry("s", "y"), timeout=1)
     writer.stop()
+
+
+def test_a_stream_that_keeps_failing_does_not_hold_up_the_others(tmp_path: Path):
+    (tmp_path / "bad.log").mkdir()  # opening it for appending fails with EISDIR, again and again
+    writer = Writer(LogFiles(tmp_path), limit_bytes=10_000)
+    writer.start()
+    stuck = entry("bad", "kept for later", ack="written")
+    writer.put(stuck, timeout=1)
+    for i in range(5):
+        good = entry("good", f"line {i}", ack="written")
+        writer.put(good, timeout=1)
+        good.wait()  # written although "bad" is failing
+    assert "EISDIR" in (writer.unready_reason() or "")
+    assert not stuck.done.is_set()
+    (tmp_path / "bad.log").rmdir()  # the operator fixes it: the writer resumes by itself
+    stuck.wait()
+    writer.stop()
+    assert (tmp_path / "bad.log").read_text() == "kept for later\n"
+    assert (tmp_path / "good.log").read_text().split("\n")[:-1] == [f"line {i}" for i in range(5)]
+    assert writer.unready_reason() == "writer thread is not running"
