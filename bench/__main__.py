@@ -1,0 +1,518 @@
+"""python -m bench: logwriter side by side with what users would run instead, in one run.
+
+Contenders: logwriter (ack=queued, written, fsync); the naive Flask app under the same Gunicorn
+settings (and its fsync-per-request variant); nginx writing $request_body to its access log
+(the ceiling: no Python at all); and the raw append rate of the disk for the same bytes.
+Every case runs each contender once per round, rounds interleaved, so that the noise of a
+shared machine hits all of them alike. Each figure is the median of the rounds, with its
+spread (min-max). Results go to bench/results/ (Markdown, JSON, plots).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+LINE_BYTES = 200
+THREADS = 8  # request threads per worker, the same for logwriter and the naive app
+
+
+@dataclass(frozen=True)
+class Case:
+    lines: int  # lines per request body
+    conns: int  # keep-alive connections
+    workers: int
+    body: str = "text"  # or "ndjson"
+
+    def __str__(self) -> str:
+        return f"{self.body} {self.lines} lines/req, {self.conns} conns, {self.workers} workers"
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    server: str  # logwriter | naive | nginx
+    ack: str = "queued"
+    fsync: bool = False
+
+
+CONTENDERS = [
+    Contender("logwriter", "logwriter"),
+    Contender("logwriter-written", "logwriter", ack="written"),
+    Contender("logwriter-fsync", "logwriter", ack="fsync"),
+    Contender("naive", "naive"),
+    Contender("naive-fsync", "naive", fsync=True),
+    Contender("nginx", "nginx"),
+]
+DURABLE = {"logwriter-written", "logwriter-fsync", "naive-fsync"}
+DURABLE_CONNS = 32  # the ack and fsync comparisons run at this many connections
+
+
+def full_cases() -> list[Case]:
+    cases = [Case(lines, conns, 1) for lines in (1, 100, 1000) for conns in (1, 8, 32, 128)]
+    cases.append(Case(100, 32, 1, "ndjson"))
+    cases += [Case(100, 32, workers) for workers in (2, 4)]
+    return cases
+
+
+def contenders_for(case: Case) -> list[Contender]:
+    return [c for c in CONTENDERS if c.name not in DURABLE or case.conns == DURABLE_CONNS]
+
+
+def make_body(case: Case) -> bytes:
+    if case.body == "ndjson":
+        head = '{"level":"info","service":"bench","msg":"'
+        line = head + "x" * (LINE_BYTES - len(head) - 3) + '"}\n'
+    else:
+        line = "bench " + "x" * (LINE_BYTES - 7) + "\n"
+    return line.encode() * case.lines
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("server did not listen in time")
+
+
+NGINX_CONF = """daemon off;
+worker_processes {workers};
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_buffer_size 16m;
+    client_max_body_size 16m;
+    keepalive_requests 1000000;
+    log_format body escape=none $request_body;
+    server {{
+        listen 127.0.0.1:{port};
+        # proxy_pass makes nginx read the body, so that $request_body can be logged.
+        location /v1/logs/ {{
+            access_log {tmp}/logs/nginx.log body;
+            proxy_pass http://127.0.0.1:{port}/sink/;
+        }}
+        location /sink/ {{ access_log off; return 202; }}
+        location = /null {{ return 202; }}
+    }}
+}}
+"""
+
+
+def start(contender: Contender, workers: int, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    logs = tmp / "logs"
+    logs.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    if contender.server == "logwriter":
+        env |= {
+            "LOGWRITER_DIR": str(logs),
+            "LOGWRITER_BIND": f"127.0.0.1:{port}",
+            "LOGWRITER_WORKERS": str(workers),
+            "LOGWRITER_THREADS": str(THREADS),
+        }
+        command = [str(Path(sys.executable).parent / "logwriter")]
+    elif contender.server == "naive":
+        env |= {"NAIVE_FILE": str(logs / "naive.log"), "NAIVE_FSYNC": str(int(contender.fsync))}
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--worker-class",
+            "gthread",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(THREADS),
+            "--keep-alive",
+            "5",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--no-control-socket",
+            "bench.naive:app",
+        ]
+    else:
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(workers=workers, port=port, tmp=tmp))
+        command = ["nginx", "-p", str(tmp), "-c", str(conf)]
+    out = (tmp / f"{contender.server}.out").open("wb")
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    wait_for_port(port, proc)
+    time.sleep(0.5 if contender.server != "nginx" else 0.1)  # every worker up
+    return proc, port
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM if proc.args[0] != "nginx" else signal.SIGQUIT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            todo += [int(child) for child in task.read_text().split()]
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+def wrk(port: int, path: str, body_file: Path, case: Case, seconds: float) -> dict[str, int]:
+    content_type = "application/x-ndjson" if case.body == "ndjson" else "text/plain"
+    command = [
+        "wrk",
+        f"-t{min(2, case.conns)}",
+        f"-c{case.conns}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH / "wrk.lua"),
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_TYPE": content_type}
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed: {result.stdout}{result.stderr}")
+    line = next(x for x in result.stdout.splitlines() if x.startswith("BENCH "))
+    return json.loads(line[len("BENCH ") :])
+
+
+def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        body_file = tmp / "body"
+        body_file.write_bytes(make_body(case))
+        proc, port = start(contender, case.workers, tmp)
+        try:
+            pids = process_tree(proc.pid)
+            cpu_before = cpu_seconds(pids)
+            path = f"/v1/logs/bench?ack={contender.ack}"
+            summary = wrk(port, path, body_file, case, seconds)
+            cpu = cpu_seconds(pids) - cpu_before
+            rss = peak_rss_mib(pids)
+        finally:
+            stop(proc)
+    elapsed = summary["duration_us"] / 1e6
+    ok = summary["requests"] - summary["non2xx"]
+    lines = ok * case.lines
+    return {
+        "lines_per_s": lines / elapsed,
+        "mb_per_s": ok * len(make_body(case)) / elapsed / 1e6,
+        "p50_ms": summary["p50_us"] / 1000,
+        "p99_ms": summary["p99_us"] / 1000,
+        "cpu_s_per_m_lines": cpu / lines * 1e6 if lines else float("nan"),
+        "peak_rss_mib": rss,
+        "refused": summary["non2xx"] + summary["socket_errors"],
+    }
+
+
+def raw_disk(case: Case, seconds: float) -> dict[str, float]:
+    """Appending the same bytes straight to a file: what the disk path allows at best."""
+    chunk = make_body(case) * max(1, (1 << 20) // len(make_body(case)))
+    with tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp:
+        fd = os.open(Path(tmp) / "raw.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        written, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            written += os.write(fd, chunk)
+        elapsed = time.perf_counter() - started
+        os.close(fd)
+    return {"lines_per_s": written / LINE_BYTES / elapsed, "mb_per_s": written / elapsed / 1e6}
+
+
+def load_generator_capacity(case: Case, seconds: float) -> float:
+    """Requests/s wrk reaches against nginx answering without reading or logging: the most
+    the load generator itself can drive here."""
+    with tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        body_file = tmp / "body"
+        body_file.write_bytes(make_body(case))
+        proc, port = start(Contender("nginx", "nginx"), case.workers, tmp)
+        try:
+            summary = wrk(port, "/null", body_file, case, seconds)
+        finally:
+            stop(proc)
+    return summary["requests"] / (summary["duration_us"] / 1e6)
+
+
+# --- reporting -----------------------------------------------------------------------------
+
+Results = dict[tuple[Case, str], list[dict[str, float]]]
+
+
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def spread(runs: list[dict[str, float]], key: str) -> str:
+    values = [run[key] for run in runs]
+    return f"{min(values):,.0f}-{max(values):,.0f}" if len(values) > 1 else "-"
+
+
+def table(results: Results) -> str:
+    rows = [
+        "| case | contender | lines/s (median) | spread | MB/s | p50 ms | p99 ms "
+        "| CPU s / M lines | peak RSS MiB | refused |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (case, name), runs in results.items():
+        if name == "raw disk":
+            rows.append(
+                f"| {case} | raw disk append | {median(runs, 'lines_per_s'):,.0f} "
+                f"| {spread(runs, 'lines_per_s')} | {median(runs, 'mb_per_s'):,.0f} "
+                "| | | | | |"
+            )
+            continue
+        rows.append(
+            f"| {case} | {name} | {median(runs, 'lines_per_s'):,.0f} "
+            f"| {spread(runs, 'lines_per_s')} | {median(runs, 'mb_per_s'):,.1f} "
+            f"| {median(runs, 'p50_ms'):.2f} | {median(runs, 'p99_ms'):.2f} "
+            f"| {median(runs, 'cpu_s_per_m_lines'):.1f} | {median(runs, 'peak_rss_mib'):.0f} "
+            f"| {median(runs, 'refused'):.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def targets(results: Results) -> list[str]:
+    """Each target of issue 5 as a ratio between contenders of the same run."""
+
+    def rate(case: Case, name: str) -> float | None:
+        runs = results.get((case, name))
+        return median(runs, "lines_per_s") if runs else None
+
+    checks = []
+
+    def check(what: str, ratio: float | None, goal: float) -> None:
+        if ratio is None:
+            return
+        verdict = "met" if ratio >= goal else f"MISSED by {(goal - ratio) / goal:.0%}"
+        checks.append(f"- {what}: {ratio:.2f}x (target >= {goal:g}x): {verdict}")
+
+    def ratio(case: Case, a: str, b: str) -> float | None:
+        x, y = rate(case, a), rate(case, b)
+        return x / y if x is not None and y else None
+
+    cases = {case for case, _ in results}
+    for case in sorted(cases, key=str):
+        if case.lines == 1000 and case.workers == 1 and case.body == "text":
+            check(f"{case}: logwriter / nginx ceiling", ratio(case, "logwriter", "nginx"), 0.5)
+            check(f"{case}: logwriter / naive", ratio(case, "logwriter", "naive"), 1.0)
+        if case.lines == 1 and case.conns == 32:
+            check(f"{case}: logwriter / naive", ratio(case, "logwriter", "naive"), 1.0)
+        if case.conns == DURABLE_CONNS:
+            f = ratio(case, "logwriter-fsync", "naive-fsync")
+            check(f"{case}: logwriter ack=fsync / naive fsync", f, 10)
+            w = ratio(case, "logwriter-written", "logwriter")
+            check(f"{case}: logwriter ack=written / ack=queued", w, 0.8)
+    one, two = Case(100, 32, 1), Case(100, 32, 2)
+    check("scaling, 1 → 2 workers (2 cores): logwriter", ratio_across(results, two, one), 1.0)
+    return checks
+
+
+def ratio_across(results: Results, a: Case, b: Case) -> float | None:
+    x, y = results.get((a, "logwriter")), results.get((b, "logwriter"))
+    return median(x, "lines_per_s") / median(y, "lines_per_s") if x and y else None
+
+
+def plots(results: Results, out: Path) -> list[str]:
+    try:
+        import matplotlib  # optional: the bench extra
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    for lines in (1, 100, 1000):
+        figure, axes = plt.subplots(figsize=(7, 4))
+        for name in ("logwriter", "naive", "nginx"):
+            points = sorted(
+                (case.conns, median(runs, "lines_per_s"))
+                for (case, n), runs in results.items()
+                if n == name and case.lines == lines and case.workers == 1 and case.body == "text"
+            )
+            if points:
+                axes.plot(*zip(*points, strict=True), marker="o", label=name)
+        axes.set(
+            xscale="log",
+            xlabel="keep-alive connections",
+            ylabel="lines/s",
+            title=f"{lines}-line bodies, 1 worker",
+        )
+        axes.legend()
+        name = f"throughput-{lines}-lines.png"
+        figure.savefig(out / name, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        made.append(name)
+    latency = [
+        (name, median(runs, "p50_ms"), median(runs, "p99_ms"))
+        for (case, name), runs in results.items()
+        if case == Case(100, 32, 1) and name != "raw disk"
+    ]
+    if latency:
+        figure, axes = plt.subplots(figsize=(8, 4))
+        names = [row[0] for row in latency]
+        axes.bar(
+            [i - 0.2 for i in range(len(names))], [row[1] for row in latency], 0.4, label="p50"
+        )
+        axes.bar(
+            [i + 0.2 for i in range(len(names))], [row[2] for row in latency], 0.4, label="p99"
+        )
+        axes.set_xticks(range(len(names)), names, rotation=20)
+        axes.set(yscale="log", ylabel="ms", title="latency, 100-line bodies, 32 connections")
+        axes.legend()
+        figure.savefig(out / "latency.png", dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        made.append("latency.png")
+    return made
+
+
+def ensure_tools() -> None:
+    """wrk and nginx from Debian, installed if missing (without starting nginx's service)."""
+    missing = [
+        pkg for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")) if not shutil.which(tool)
+    ]
+    if not missing:
+        return
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = not policy.exists()
+    if made_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env, check=True)
+    finally:
+        if made_policy:
+            policy.unlink()
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    return f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="one short case per contender")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--seconds", type=float, default=5, help="per measurement (default 5)")
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results")
+    args = parser.parse_args(argv)
+    ensure_tools()
+    cases = [Case(100, DURABLE_CONNS, 1)] if args.smoke else full_cases()
+    rounds, seconds = (1, 1.0) if args.smoke else (args.rounds, args.seconds)
+    out = args.out or (
+        Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else BENCH / "results"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+
+    results: Results = {}
+    for round_ in range(1, rounds + 1):
+        for case in cases:
+            for contender in contenders_for(case):
+                run = measure(case, contender, seconds)
+                results.setdefault((case, contender.name), []).append(run)
+                print(
+                    f"round {round_}/{rounds} | {case} | {contender.name}: "
+                    f"{run['lines_per_s']:,.0f} lines/s",
+                    flush=True,
+                )
+            results.setdefault((case, "raw disk"), []).append(raw_disk(case, min(seconds, 2)))
+    capacity = load_generator_capacity(Case(100, DURABLE_CONNS, 1), seconds)
+    busiest = max(
+        median(runs, "lines_per_s") / case.lines
+        for (case, name), runs in results.items()
+        if name != "raw disk"
+    )
+
+    report = [
+        f"# logwriter benchmark\n\nMachine: {machine()}. {rounds} interleaved rounds of "
+        f"{seconds:g} s per measurement; medians, spread = min-max over rounds. Lines are "
+        f"{LINE_BYTES} bytes. {THREADS} request threads per worker for logwriter and the naive "
+        "app. nginx logs `$request_body` (the ceiling); raw disk = `os.write` of 1 MiB chunks.",
+        f"\nLoad generator: wrk reached {capacity:,.0f} requests/s against an nginx endpoint that "
+        f"does no work; the busiest contender here took {busiest:,.0f} requests/s "
+        f"({busiest / capacity:.0%} of that), so wrk is not what limits the figures below.",
+        "\n## Targets\n",
+        *targets(results),
+        "\n## All cases\n",
+        table(results),
+    ]
+    made = [] if args.smoke else plots(results, out)
+    report += [f"\n![{name}]({name})" for name in made]
+    (out / "results.md").write_text("\n".join(report) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            [
+                {"case": asdict(case), "contender": name, "runs": runs}
+                for (case, name), runs in results.items()
+            ],
+            indent=1,
+        )
+    )
+    print("\n".join(report))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
