@@ -27,7 +27,7 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 @dataclass(frozen=True, slots=True)
 class _Open:
-    path: Path
+    path: str
     fd: int
     inode: tuple[int, int]  # (st_dev, st_ino): which file `path` named when it was opened
 
@@ -36,6 +36,7 @@ class LogFiles:
     def __init__(self, directory: Path, template: str = "{stream}.log", max_open: int = 256):
         self._dir = directory
         self._template = template
+        self._timed = "%" in template  # else a stream's path never changes: no strftime
         self._max_open = max_open
         self._open: OrderedDict[str, _Open] = OrderedDict()  # least recently used first
         self._written: dict[str, int] = {}  # this batch: stream -> the descriptor it went to
@@ -46,9 +47,15 @@ class LogFiles:
         self._dirs_to_sync: set[Path] = set()
         self._lock_fd: int | None = None  # the folder, opened at the first batch
 
-    def path(self, stream: str) -> Path:
-        """Where the stream's lines go now: the template, its strftime fields in UTC."""
-        return self._dir / time.strftime(self._template.format(stream=stream), time.gmtime())
+    def path(self, stream: str) -> str:
+        """Where the stream's lines go now: the template, its strftime fields in UTC.
+
+        A str, not a Path: this runs for every stream of every batch.
+        """
+        name = self._template.format(stream=stream)
+        if self._timed:
+            name = time.strftime(name, time.gmtime())
+        return os.path.join(self._dir, name)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -122,16 +129,17 @@ class LogFiles:
             return handle.fd
         if handle is not None:  # rotated away, or the template moved on to a new file
             self._retire(stream)
-        if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            folder = path.parent
+        parent = Path(path).parent
+        if not parent.is_dir():
+            parent.mkdir(parents=True, exist_ok=True)
+            folder = parent
             while folder != self._dir:  # each new folder's name lives in its parent
                 folder = folder.parent
                 self._dirs_to_sync.add(folder)
         fd = os.open(path, _OPEN_FLAGS, 0o644)
         stat = os.fstat(fd)
         self._open[stream] = _Open(path, fd, (stat.st_dev, stat.st_ino))
-        self._dirs_to_sync.add(path.parent)
+        self._dirs_to_sync.add(parent)
         if len(self._open) > self._max_open:
             self._retire(next(iter(self._open)))
         return fd
@@ -140,7 +148,7 @@ class LogFiles:
         self._retired.append(self._open.pop(stream).fd)
 
 
-def _inode(path: Path) -> tuple[int, int] | None:
+def _inode(path: str) -> tuple[int, int] | None:
     try:
         stat = os.stat(path)
     except FileNotFoundError:
