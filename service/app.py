@@ -20,7 +20,7 @@ from service.auth import BearerTokens
 from service.deadlines import BodyDeadlines
 from service.files import LogFiles
 from service.parsing import Rejected, check_stream_name, count_lines, parse_body, read_body
-from service.settings import ACK_MODES, Ack, Settings
+from service.settings import ACK_MODES, Ack, Settings, ack_mode
 from service.writer import Entry, QueueFull, WriteFailed, Writer, WriterStopped
 
 log = logging.getLogger("logwriter")
@@ -144,10 +144,10 @@ def _put(writer: Writer, entry: Entry) -> None:
 def _ack_mode(value: str | None, default: Ack) -> Ack:
     if value is None:
         return default
-    for mode in ACK_MODES:
-        if value == mode:
-            return mode
-    raise Rejected(400, "bad_ack", f"ack must be one of {', '.join(ACK_MODES)}, got {value!r}")
+    mode = ack_mode(value)
+    if mode is None:
+        raise Rejected(400, "bad_ack", f"ack must be one of {', '.join(ACK_MODES)}, got {value!r}")
+    return mode
 
 
 @api.get("/healthz")

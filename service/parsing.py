@@ -17,7 +17,6 @@ _STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _READ_CHUNK = 64 << 10
 _GZIP_WBITS = 31  # zlib's "gzip header and trailer, no zlib wrapper"
 _TEXT_TYPES = {"text/plain", ""}
-_JSON_TYPES = {"application/json", "application/x-ndjson"}
 _CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
 _JSON_SPACE = " \t\n\r"
 _SPACE_OUTSIDE_STRINGS = re.compile(r'("(?:[^"\\]|\\.)*")|[ \t\n\r]+')

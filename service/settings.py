@@ -150,8 +150,13 @@ def _size(name: str, text: str) -> int:
     return int(match[1]) * _UNITS[unit]
 
 
+def ack_mode(text: str) -> Ack | None:
+    """The ack mode `text` names, or None if it names none."""
+    return next((mode for mode in ACK_MODES if mode == text), None)
+
+
 def _ack(name: str, text: str) -> Ack:
-    for mode in ACK_MODES:
-        if text == mode:
-            return mode
-    raise SettingsError(f"{name} must be one of {', '.join(ACK_MODES)}, got {text!r}")
+    mode = ack_mode(text)
+    if mode is None:
+        raise SettingsError(f"{name} must be one of {', '.join(ACK_MODES)}, got {text!r}")
+    return mode

@@ -195,9 +195,12 @@ class Writer:
                         self._unwritten[stream] = share
                     else:
                         written[stream] = share
-        except OSError as exc:  # the log folder itself could not be opened or locked
+        except OSError as exc:  # the log folder itself could not be opened, locked or unlocked
             self._record_error("the log folder", exc)
-            self._unwritten.update(shares)
+            for stream, share in shares.items():
+                if stream not in written:  # never write a share twice
+                    share.failed = True
+                    self._unwritten[stream] = share
         if self._unwritten and retry_now:
             self._retry_at = time.monotonic() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
@@ -206,8 +209,9 @@ class Writer:
             self._disk_error = None
         if entries:
             metrics.batch_lines.observe(sum(entry.lines for entry in entries))
-        waiting = {stream: _fsync_entries(share.entries) for stream, share in written.items()}
-        self._fsync({stream: group for stream, group in waiting.items() if group})
+        self._fsync(
+            {stream: group for stream, share in written.items() if (group := _fsync_entries(share))}
+        )
         self._files.end_batch()
         self._publish_readiness()
 
@@ -306,8 +310,8 @@ class _Share:
         self.buffers.append(entry.data)
 
 
-def _fsync_entries(group: list[Entry]) -> list[Entry]:
-    return [entry for entry in group if entry.ack == "fsync"]
+def _fsync_entries(share: _Share) -> list[Entry]:
+    return [entry for entry in share.entries if entry.ack == "fsync"]
 
 
 def _kind(exc: OSError) -> str:

@@ -1,5 +1,6 @@
 """Shared helpers: the real `logwriter` command started as a subprocess on a free port."""
 
+import contextlib
 import http.client
 import os
 import re
@@ -15,6 +16,36 @@ from pathlib import Path
 import pytest
 
 LOGWRITER = Path(sys.executable).parent / "logwriter"
+
+
+def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def loop_mounted_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A small ext4 file system of our own, which fsfreeze can stall."""
+    image, mount = tmp_path / "disk.img", tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["truncate", "-s", "256M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["fsfreeze", "--unfreeze", str(mount)], capture_output=True)
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The most memory the process has held (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
 
 
 def free_port() -> int:
@@ -70,6 +101,10 @@ class Service:
 
     def wait(self, timeout: float = 60) -> int:
         return self.proc.wait(timeout)
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
 
     def log_text(self) -> str:
         return self.output.read_text(errors="replace")

@@ -10,8 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import Response, Service, start_service, stop_service
-from test_service import wait_until
+from conftest import Response, Service, start_service, stop_service, wait_until
 from traffic import Load, check_files
 
 

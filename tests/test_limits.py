@@ -8,8 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import start_service, stop_service
-from test_service import loop_mounted_ext4, wait_until
+from conftest import loop_mounted_ext4, peak_rss_mib, start_service, stop_service, wait_until
 from traffic import check_files, request_body
 
 
@@ -50,13 +49,6 @@ def test_gunicorn_request_line_and_header_limits(tmp_path: Path):
     assert not (service.dir / "h.log").exists()
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 QUEUE_MIB, BODY_MIB, THREADS = 4, 1, 8
 # The stated bound (README): the queue, plus up to three copies of a body per request thread.
 BOUND_MIB = QUEUE_MIB + THREADS * 3 * BODY_MIB
@@ -69,9 +61,7 @@ def test_memory_stays_bounded_while_a_flood_meets_a_stalled_disk(tmp_path: Path)
             log_dir=disk / "logs",
             env={"LOGWRITER_QUEUE_BYTES": f"{QUEUE_MIB}MiB", "LOGWRITER_MAX_BODY_BYTES": "1MiB"},
         )
-        (worker,) = (
-            Path(f"/proc/{service.proc.pid}/task/{service.proc.pid}/children").read_text().split()
-        )
+        (worker,) = service.worker_pids()
         acked: dict[tuple[int, int], int] = {}
         statuses: list[int] = []
         stop = threading.Event()
@@ -93,7 +83,7 @@ def test_memory_stays_bounded_while_a_flood_meets_a_stalled_disk(tmp_path: Path)
         try:
             warm = request_body(98, 0, 9_000)
             assert service.request("POST", "/v1/logs/warm?ack=written", warm).status == 200
-            before = peak_rss_mib(int(worker))
+            before = peak_rss_mib(worker)
             subprocess.run(["fsfreeze", "--freeze", str(disk)], check=True)
             try:
                 clients = [threading.Thread(target=flood, args=(c,)) for c in range(10)]
@@ -103,7 +93,7 @@ def test_memory_stays_bounded_while_a_flood_meets_a_stalled_disk(tmp_path: Path)
                 stop.set()
                 for client in clients:
                     client.join(60)
-                grown = peak_rss_mib(int(worker)) - before
+                grown = peak_rss_mib(worker) - before
             finally:
                 subprocess.run(["fsfreeze", "--unfreeze", str(disk)], check=True)
             print(f"peak RSS grew {grown:.1f} MiB (bound {BOUND_MIB} MiB)")

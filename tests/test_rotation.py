@@ -5,8 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import start_service, stop_service
-from test_service import wait_until
+from conftest import start_service, stop_service, wait_until
 from traffic import Load, check_files, request_body
 
 ROTATIONS = 6

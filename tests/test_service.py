@@ -1,29 +1,20 @@
 """The real `logwriter` command under load: stopping it mid-load, on a fast and a stalled disk,
 and its metrics afterwards."""
 
-import contextlib
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service, start_service, stop_service
+from conftest import Service, loop_mounted_ext4, start_service, stop_service, wait_until
 from traffic import Load, check_files
 
 STOPS = [
     pytest.param(signal.SIGTERM, False, id="SIGTERM-to-arbiter"),
     pytest.param(signal.SIGINT, True, id="SIGINT-to-group"),  # a terminal's Ctrl-C
 ]
-
-
-def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def drained_counts(service: Service) -> list[int]:
@@ -44,21 +35,6 @@ def test_stop_mid_load_keeps_every_acknowledged_line(tmp_path: Path, sig: int, g
     check_files(service.dir.glob("*.log"), load.acked)
     assert len(drained_counts(service)) == 2, service.log_text()
     assert "Traceback" not in service.log_text()
-
-
-@contextlib.contextmanager
-def loop_mounted_ext4(tmp_path: Path) -> Iterator[Path]:
-    """A small ext4 file system of our own, which fsfreeze can stall."""
-    image, mount = tmp_path / "disk.img", tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["truncate", "-s", "256M", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["fsfreeze", "--unfreeze", str(mount)], capture_output=True)
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.parametrize(("sig", "group"), STOPS)
