@@ -114,7 +114,8 @@ def _read_request_body(settings: Settings) -> bytes:
     sock = request.environ.get("gunicorn.socket")
     if sock is None:  # not under Gunicorn: Flask's test client
         return read()
-    sock.settimeout(settings.body_timeout)  # Gunicorn makes it blocking again for the next one
+    # The watchdog alone, not a socket timeout: a socket with a timeout polls before every
+    # recv and send, which cost 45 us of a 1-line request's 640 (profiled; see README, Speed).
     deadlines = _runtime().deadlines
     with deadlines.watch(sock):
         try:

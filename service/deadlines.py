@@ -1,10 +1,10 @@
 """A deadline for a whole request body.
 
-A socket timeout stops a client that stalls, but not one that trickles a byte every few
+A socket timeout would stop a client that stalls, but not one that trickles a byte every few
 seconds: each read then succeeds in time, and the request thread is held for as long as the
-client likes. One watchdog thread per worker shuts the reading side of such a socket once its
-deadline passes, so the blocked read ends and the request gets a 408.
-"""
+client likes. One watchdog thread per worker shuts the reading side of a socket whose body is
+not in by its deadline, stalled or trickling, so the blocked read ends and the request gets a
+408."""
 
 import contextlib
 import socket
