@@ -5,6 +5,7 @@ import shutil
 import sys
 import tempfile
 
+from service.memory import tune_malloc
 from service.settings import Settings, SettingsError
 
 
@@ -23,6 +24,7 @@ def main() -> None:
     metrics_dir = tempfile.mkdtemp(prefix="logwriter-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     arbiter_pid = os.getpid()
+    tune_malloc()  # before Gunicorn forks the workers, which inherit it
     try:
         from service.server import Server  # imported only now: see above
 
