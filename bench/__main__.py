@@ -21,6 +21,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from bench import overload
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -125,9 +128,15 @@ http {{
 """
 
 
-def start(contender: Contender, workers: int, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start(
+    contender: Contender,
+    workers: int,
+    tmp: Path,
+    logs: Path | None = None,
+    logwriter_env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    logs = tmp / "logs"
+    logs = logs or tmp / "logs"
     logs.mkdir(exist_ok=True)
     env = dict(os.environ)
     if contender.server == "logwriter":
@@ -136,6 +145,7 @@ def start(contender: Contender, workers: int, tmp: Path) -> tuple[subprocess.Pop
             "LOGWRITER_BIND": f"127.0.0.1:{port}",
             "LOGWRITER_WORKERS": str(workers),
             "LOGWRITER_THREADS": str(THREADS),
+            **(logwriter_env or {}),
         }
         command = [str(Path(sys.executable).parent / "logwriter")]
     elif contender.server == "naive":
@@ -284,6 +294,19 @@ def load_generator_capacity(case: Case, seconds: float) -> float:
         finally:
             stop(proc)
     return summary["requests"] / (summary["duration_us"] / 1e6)
+
+
+def overload_run(seconds: float) -> dict[str, Any]:
+    """bench.overload against logwriter with its defaults and one worker."""
+
+    def start_logwriter(logs: Path, env: dict[str, str]) -> overload.Service:
+        proc, port = start(Contender("logwriter", "logwriter"), 1, tmp, logs, env)
+        (worker,) = process_tree(proc.pid)[1:]
+        return proc, port, worker
+
+    with tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        return overload.run(tmp, seconds, start_logwriter, stop, peak_rss_mib)
 
 
 # --- reporting -----------------------------------------------------------------------------
@@ -457,6 +480,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=5, help="per measurement (default 5)")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results")
+    parser.add_argument(
+        "--overload", type=float, default=30, help="seconds of overload (default 30; 0: none)"
+    )
     args = parser.parse_args(argv)
     ensure_tools()
     cases = [Case(100, DURABLE_CONNS, 1)] if args.smoke else full_cases()
@@ -479,6 +505,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
             results.setdefault((case, "raw disk"), []).append(raw_disk(case, min(seconds, 2)))
     capacity = load_generator_capacity(Case(100, DURABLE_CONNS, 1), seconds)
+    overload_seconds = min(args.overload, 3) if args.smoke else args.overload
+    overloaded = overload_run(overload_seconds) if overload_seconds else None
     busiest = max(
         median(runs, "lines_per_s") / case.lines
         for (case, name), runs in results.items()
@@ -498,20 +526,27 @@ def main(argv: list[str] | None = None) -> None:
         "\n## All cases\n",
         table(results),
     ]
+    if overloaded:
+        report += ["\n## Overload\n", overload.report(overloaded)]
     made = [] if args.smoke else plots(results, out)
     report += [f"\n![{name}]({name})" for name in made]
     (out / "results.md").write_text("\n".join(report) + "\n")
     (out / "results.json").write_text(
         json.dumps(
-            [
-                {"case": asdict(case), "contender": name, "runs": runs}
-                for (case, name), runs in results.items()
-            ],
+            {
+                "cases": [
+                    {"case": asdict(case), "contender": name, "runs": runs}
+                    for (case, name), runs in results.items()
+                ],
+                "overload": overloaded,
+            },
             indent=1,
         )
     )
     print("\n".join(report))
     print(f"\nwritten to {out}")
+    if overloaded and overloaded["problems"]:
+        sys.exit("overload: a check failed (see above)")
 
 
 if __name__ == "__main__":
