@@ -8,8 +8,9 @@ Its life reads like logging.handlers.QueueListener:
 
 Each turn of the loop takes every waiting request at once (ack=queued ones may gather for a
 few milliseconds first), groups them by stream and appends each stream's share with one
-writev. One fsync then serves every ack=fsync request of that batch (group commit). Queued bytes count against the bound until they are on disk, so memory
-stays within it however slow the disk is.
+writev. One fsync then serves every ack=fsync request of that batch (group commit). Queued
+bytes count against the bound until they are on disk, so memory stays within it however slow
+the disk is.
 """
 
 import errno
