@@ -209,7 +209,7 @@ def test_a_stream_that_keeps_failing_does_not_hold_up_the_others(tmp_path: Path)
         writer.put(good, timeout=1)
         good.wait()  # written although "bad" is failing
     assert "EISDIR" in (writer.unready_reason() or "")
-    assert not stuck.done.is_set()
+    assert not stuck.finished
     (tmp_path / "bad.log").rmdir()  # the operator fixes it: the writer resumes by itself
     stuck.wait()
     writer.stop()
