@@ -2,12 +2,14 @@
 
 import errno
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
+from service import writer as writer_module
 from service.files import LogFiles
 from service.writer import Entry, QueueFull, WriteFailed, Writer, WriterStopped
 
@@ -129,6 +131,33 @@ def test_ack_written_returns_once_the_lines_are_in_the_file(tmp_path: Path, writ
     writer.put(item, timeout=1)
     item.wait()
     assert (tmp_path / "s.log").read_text() == "durable-ish\n"
+
+
+def test_queued_requests_gather_into_one_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(writer_module, "_LINGER", 1.0)  # no scheduler delay can split the batch
+    writer = Writer(LogFiles(tmp_path), limit_bytes=10_000)
+    writer.start()
+    before = sample("logwriter_batch_lines_count")
+    for i in range(10):
+        writer.put(entry("s", f"line {i}"), timeout=1)
+        time.sleep(0.02)  # the writer could run between requests, and would without the linger
+    writer.stop()  # ends the linger at once
+    assert sample("logwriter_batch_lines_count") == before + 1
+    assert (tmp_path / "s.log").read_text().split("\n")[:-1] == [f"line {i}" for i in range(10)]
+
+
+def test_a_request_that_waits_ends_the_linger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(writer_module, "_LINGER", 60.0)
+    writer = Writer(LogFiles(tmp_path), limit_bytes=10_000)
+    writer.start()
+    writer.put(entry("s", "queued"), timeout=1)
+    waiting = entry("s", "written", ack="written")
+    started = time.monotonic()
+    writer.put(waiting, timeout=1)
+    waiting.wait()
+    assert time.monotonic() - started < 30
+    assert (tmp_path / "s.log").read_text() == "queued\nwritten\n"
+    writer.stop()
 
 
 def test_one_fsync_serves_every_fsync_request_of_a_batch(files: GatedFiles, writer: Writer):
