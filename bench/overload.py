@@ -79,6 +79,7 @@ class Staller:
             self._stop.wait(THAWED_S)
 
 
+# b"o1234567" + b" 0042 " + pad + b"\n" makes LINE_BYTES.
 _TAILS = [b" %04d %s\n" % (i, b"x" * (LINE_BYTES - 15)) for i in range(LINES_PER_REQUEST)]
 
 
@@ -203,11 +204,9 @@ def run(
             overload = Client(port, offered, seconds, first_request=2_000_000)
             overload.run()
             staller.stop()
-            deadline = time.monotonic() + 120
-            while lines_written(port) < _acked_lines(warm, calibration, overload):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            acked, deadline = _acked_lines(warm, calibration, overload), time.monotonic() + 120
+            while lines_written(port) < acked and time.monotonic() < deadline:
+                time.sleep(0.2)  # the drain; what it leaves unwritten, verify() reports
             peak_rss = peak_rss_mib([worker])
         finally:
             staller.stop()

@@ -149,10 +149,9 @@ class Writer:
             self._queue.append(entry)
             self._pending_bytes += size
             self._pending_lines += entry.lines
-            if entry.ack != "queued" or self._pending_bytes > self._limit // 2:
-                self._hurry = True
-                self._not_empty.notify()
-            elif was_empty:  # a lingering thread is not woken for every request
+            urgent = entry.ack != "queued" or self._pending_bytes > self._limit // 2
+            self._hurry = self._hurry or urgent
+            if urgent or was_empty:  # a lingering thread is not woken for every request
                 self._not_empty.notify()
         metrics.lines_received.inc(entry.lines)
         metrics.queue_depth.inc(entry.lines)
