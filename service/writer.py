@@ -6,8 +6,8 @@ Its life reads like logging.handlers.QueueListener:
   stop()   refuses further puts and queues the pill; the thread writes everything queued before
            the pill, fsyncs and closes every file, and ends; stop() joins it.
 
-Each turn of the loop takes every waiting request at once (ack=queued ones may gather for a
-few milliseconds first), groups them by stream and appends each stream's share with one
+Each turn of the loop takes the waiting requests, up to a megabyte (ack=queued ones may gather
+for a few milliseconds first), groups them by stream and appends each stream's share with one
 writev. One fsync then serves every ack=fsync request of that batch (group commit). Queued
 bytes count against the bound until they are on disk, so memory stays within it however slow
 the disk is.
@@ -33,6 +33,11 @@ _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0  # seconds between attempts at a failing di
 # wake-up and one writev for many requests instead of one each (profiled: half the thread's CPU).
 # Nobody waits on such lines; a request that does wait (ack=written/fsync) ends the wait at once.
 _LINGER = 0.005
+# At most this much is taken in one turn (a larger request alone is taken whole), and this much
+# waiting ends the linger. Bodies reach the page cache while still in the CPU's cache: with
+# 32 MiB batches of 1000-line bodies the writer cost 15% more CPU per line and p99 latency
+# was 190 ms; with 1 MiB, 60 ms (measured, 2 workers; README, Speed).
+_BATCH_BYTES = 1 << 20
 
 
 class QueueFull(Exception):
@@ -149,7 +154,9 @@ class Writer:
             self._queue.append(entry)
             self._pending_bytes += size
             self._pending_lines += entry.lines
-            urgent = entry.ack != "queued" or self._pending_bytes > self._limit // 2
+            urgent = entry.ack != "queued" or self._pending_bytes >= min(
+                _BATCH_BYTES, self._limit // 2
+            )
             self._hurry = self._hurry or urgent
             if urgent or was_empty:  # a lingering thread is not woken for every request
                 self._not_empty.notify()
@@ -195,9 +202,13 @@ class Writer:
         with self._lock:
             if self._not_empty.wait_for(lambda: self._queue, timeout):
                 self._not_empty.wait_for(lambda: self._hurry, _LINGER)
-            self._hurry = False
-            batch = list(self._queue)
-            self._queue.clear()
+            batch: list[Entry | None] = []
+            size = 0
+            while self._queue and size < _BATCH_BYTES:
+                entry = self._queue.popleft()
+                batch.append(entry)
+                size += len(entry.data) if entry is not _PILL else 0
+            self._hurry = bool(self._queue)  # what is left has waited already: no linger
         return batch
 
     def _write(self, entries: list[Entry]) -> None:

@@ -160,6 +160,39 @@ def test_a_request_that_waits_ends_the_linger(tmp_path: Path, monkeypatch: pytes
     writer.stop()
 
 
+def test_a_turn_takes_at_most_a_batch_and_a_larger_request_whole(
+    tmp_path: Path, files: GatedFiles, writer: Writer, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(writer_module, "_BATCH_BYTES", 100)
+    files.gate.clear()
+    writer.put(entry("s", "warmup"), timeout=1)  # the writer takes this and waits at the gate
+    time.sleep(0.1)
+    before = sample("logwriter_batch_lines_count")
+    lines = [f"{i:038d}" for i in range(7)]  # 39 bytes each: three make a batch
+    for line in lines:
+        writer.put(entry("s", line), timeout=1)
+    writer.put(entry("s", "x" * 300), timeout=1)  # alone larger than a batch
+    files.gate.set()
+    writer.stop()
+    # The warmup's batch ends, then [0-2], [3-5], [6, the large one].
+    assert sample("logwriter_batch_lines_count") == before + 4
+    assert (tmp_path / "s.log").read_text().split("\n")[:-1] == ["warmup", *lines, "x" * 300]
+
+
+def test_a_batchs_worth_of_lines_ends_the_linger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(writer_module, "_LINGER", 60.0)
+    monkeypatch.setattr(writer_module, "_BATCH_BYTES", 100)
+    writer = Writer(LogFiles(tmp_path), limit_bytes=10_000)
+    writer.start()
+    writer.put(entry("s", "first"), timeout=1)  # the writer lingers for more
+    writer.put(entry("s", "x" * 100), timeout=1)  # a batch's worth: the linger ends
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "s.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (tmp_path / "s.log").read_text() == "first\n" + "x" * 100 + "\n"
+    writer.stop()
+
+
 def test_one_fsync_serves_every_fsync_request_of_a_batch(files: GatedFiles, writer: Writer):
     files.gate.clear()
     writer.put(entry("warmup", "w"), timeout=1)  # the writer takes this and waits at the gate
