@@ -67,6 +67,27 @@ def test_ndjson_keeps_each_nonempty_line_as_sent():
     assert lines.count == 4
 
 
+@pytest.mark.parametrize(
+    ("body", "data", "count"),
+    [
+        (b'{"a": 1}\n[1, 2]\n"\xe2\x80\xa8"\n3\n', b'{"a": 1}\n[1, 2]\n"\xe2\x80\xa8"\n3\n', 4),
+        (b'{"a": 1}\n3', b'{"a": 1}\n3\n', 2),  # the last newline is added
+        (b'{"a": 1}\n\n', b'{"a": 1}\n', 1),  # a blank line is dropped
+        (b'{"a": 1} \n3\n', b'{"a": 1} \n3\n', 2),  # space after a value is kept
+        (b"\n", b"", 0),
+        (b"", b"", 0),
+    ],
+)
+def test_ndjson_clean_and_untidy_bodies_alike(body: bytes, data: bytes, count: int):
+    lines = parse_body(body, "application/x-ndjson", None, MAX_LINE)
+    assert (lines.data, lines.count) == (data, count)
+
+
+@pytest.mark.parametrize("body", [b'{"a": 1}\n1 2\n', b"[1,\n2]\n", b'{"a": 1}\n{"b": }'])
+def test_ndjson_one_value_per_line(body: bytes):
+    rejected(lambda: parse_body(body, "application/x-ndjson", None, MAX_LINE), 400, "bad_json")
+
+
 def test_ndjson_names_the_bad_line():
     body = b'{"a": 1}\n{"b": }\n'
     message = rejected(
