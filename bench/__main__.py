@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -254,12 +255,16 @@ def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float
             summary = wrk(port, path, body_file, case, seconds)
             cpu = cpu_seconds(pids) - cpu_before
             rss = peak_rss_mib(pids)
+            fsyncs = fsync_count(port) if contender.ack == "fsync" else None
         finally:
             stop(proc)
     elapsed = summary["duration_us"] / 1e6
     ok = summary["requests"] - summary["non2xx"]
     lines = ok * case.lines
+    if contender.fsync:
+        fsyncs = ok  # the naive app's one per request
     return {
+        **({"requests_per_fsync": ok / fsyncs} if fsyncs else {}),
         "lines_per_s": lines / elapsed,
         "mb_per_s": ok * len(make_body(case)) / elapsed / 1e6,
         "p50_ms": summary["p50_us"] / 1000,
@@ -268,6 +273,18 @@ def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float
         "peak_rss_mib": rss,
         "refused": summary["non2xx"] + summary["socket_errors"],
     }
+
+
+def fsync_count(port: int) -> float:
+    """Group commits logwriter has made so far (its fsync histogram's count, all workers)."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("logwriter_fsync_seconds_count")
+    )
 
 
 def raw_disk(case: Case, seconds: float) -> dict[str, float]:
@@ -395,6 +412,12 @@ def targets(results: Results) -> list[str]:
         if case.conns == DURABLE_CONNS:
             f = ratio(case, "logwriter-fsync", "naive-fsync")
             check(f"{case}: logwriter ack=fsync / naive fsync", f, 10)
+            grouped = results.get((case, "logwriter-fsync"), [])
+            if grouped and all("requests_per_fsync" in run for run in grouped):
+                checks.append(
+                    f"  - group commit: {median(grouped, 'requests_per_fsync'):.1f} requests "
+                    "per fsync for logwriter, 1 for the naive app"
+                )
             w = ratio(case, "logwriter-written", "logwriter")
             check(f"{case}: logwriter ack=written / ack=queued", w, 0.8)
     for lines in (1, 100, 1000):
