@@ -3,8 +3,8 @@
 Contenders: logwriter (ack=queued, written, fsync); the naive Flask app under the same Gunicorn
 settings (and its fsync-per-request variant); nginx writing $request_body to its access log
 (the ceiling: no Python at all); and the raw append rate of the disk for the same bytes.
-Every case runs each contender once per round, rounds interleaved, so that the noise of a
-shared machine hits all of them alike. Each figure is the median of the rounds, with its
+Every case runs each contender once per round, rounds interleaved and each starting with
+another contender, so that the noise of a shared machine hits all of them alike. Each figure is the median of the rounds, with its
 spread (min-max). Results go to bench/results/ (Markdown, JSON, plots).
 """
 
@@ -539,7 +539,11 @@ def main(argv: list[str] | None = None) -> None:
     results: Results = {}
     for round_ in range(1, rounds + 1):
         for case in cases:
-            for contender in contenders_for(case):
+            contenders = contenders_for(case)
+            # Each round starts with another contender, so that none always runs right after
+            # the disk-heavy one before it.
+            shift = (round_ - 1) % len(contenders)
+            for contender in contenders[shift:] + contenders[:shift]:
                 run = measure(case, contender, seconds)
                 results.setdefault((case, contender.name), []).append(run)
                 print(
