@@ -4,8 +4,9 @@ Contenders: logwriter (ack=queued, written, fsync); the naive Flask app under th
 settings (and its fsync-per-request variant); nginx writing $request_body to its access log
 (the ceiling: no Python at all); and the raw append rate of the disk for the same bytes.
 Every case runs each contender once per round, rounds interleaved and each starting with
-another contender, so that the noise of a shared machine hits all of them alike. Each figure is the median of the rounds, with its
-spread (min-max). Results go to bench/results/ (Markdown, JSON, plots).
+another contender, so that the noise of a shared machine hits all of them alike. Each figure
+is the median of the rounds, with its spread (min-max). Results go to bench/results/
+(Markdown, JSON, plots).
 """
 
 import argparse
@@ -395,7 +396,7 @@ def targets(results: Results) -> list[str]:
     def check(what: str, ratio: float | None, goal: float) -> None:
         if ratio is None:
             return
-        verdict = "met" if ratio >= goal else f"MISSED by {(goal - ratio) / goal:.0%}"
+        verdict = "met" if ratio >= goal else f"MISSED by {(goal - ratio) / goal:.1%}"
         checks.append(f"- {what}: {ratio:.2f}x (target >= {goal:g}x): {verdict}")
 
     def ratio(case: Case, a: str, b: str) -> float | None:
@@ -522,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="one short case per contender")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--seconds", type=float, default=5, help="per measurement (default 5)")
+    parser.add_argument("--seconds", type=float, default=3, help="per measurement (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results")
     parser.add_argument(
         "--overload", type=float, default=30, help="seconds of overload (default 30; 0: none)"
