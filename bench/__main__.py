@@ -355,31 +355,34 @@ def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
-def spread(runs: list[dict[str, float]], key: str) -> str:
+def figure(runs: list[dict[str, float]], key: str, digits: int = 0) -> str:
+    """The median of the rounds, and their spread (min-max) when there are several."""
     values = [run[key] for run in runs]
-    return f"{min(values):,.0f}-{max(values):,.0f}" if len(values) > 1 else "-"
+    text = f"{statistics.median(values):,.{digits}f}"
+    if len(values) > 1:
+        text += f" ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+    return text
 
 
 def table(results: Results) -> str:
     rows = [
-        "| case | contender | lines/s (median) | spread | MB/s | p50 ms | p99 ms "
-        "| CPU s / M lines | peak RSS MiB | refused |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Each figure: median of the rounds (min-max).\n",
+        "| case | contender | lines/s | MB/s | p50 ms | p99 ms | CPU s / M lines "
+        "| peak RSS MiB | refused |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (case, name), runs in results.items():
         if name == "raw disk":
             rows.append(
-                f"| {case} | raw disk append | {median(runs, 'lines_per_s'):,.0f} "
-                f"| {spread(runs, 'lines_per_s')} | {median(runs, 'mb_per_s'):,.0f} "
-                "| | | | | |"
+                f"| {case} | raw disk append | {figure(runs, 'lines_per_s')} "
+                f"| {figure(runs, 'mb_per_s')} | | | | | |"
             )
             continue
         rows.append(
-            f"| {case} | {name} | {median(runs, 'lines_per_s'):,.0f} "
-            f"| {spread(runs, 'lines_per_s')} | {median(runs, 'mb_per_s'):,.1f} "
-            f"| {median(runs, 'p50_ms'):.2f} | {median(runs, 'p99_ms'):.2f} "
-            f"| {median(runs, 'cpu_s_per_m_lines'):.1f} | {median(runs, 'peak_rss_mib'):.0f} "
-            f"| {median(runs, 'refused'):.0f} |"
+            f"| {case} | {name} | {figure(runs, 'lines_per_s')} | {figure(runs, 'mb_per_s', 1)} "
+            f"| {figure(runs, 'p50_ms', 2)} | {figure(runs, 'p99_ms', 2)} "
+            f"| {figure(runs, 'cpu_s_per_m_lines', 1)} | {figure(runs, 'peak_rss_mib')} "
+            f"| {figure(runs, 'refused')} |"
         )
     return "\n".join(rows)
 
