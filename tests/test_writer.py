@@ -21,9 +21,11 @@ class GatedFiles(LogFiles):
         super().__init__(directory)
         self.gate = threading.Event()
         self.gate.set()
+        self.at_gate = threading.Event()  # an append has come to the gate
         self.fsyncs: list[list[str]] = []
 
     def append(self, stream: str, buffers: list[bytes | memoryview]) -> None:
+        self.at_gate.set()
         self.gate.wait()
         super().append(stream, buffers)
 
@@ -165,8 +167,8 @@ def test_a_turn_takes_at_most_a_batch_and_a_larger_request_whole(
 ):
     monkeypatch.setattr(writer_module, "_BATCH_BYTES", 100)
     files.gate.clear()
-    writer.put(entry("s", "warmup"), timeout=1)  # the writer takes this and waits at the gate
-    time.sleep(0.1)
+    writer.put(entry("s", "warmup"), timeout=1)
+    assert files.at_gate.wait(10)  # the writer took it alone and waits at the gate
     before = sample("logwriter_batch_lines_count")
     lines = [f"{i:038d}" for i in range(7)]  # 39 bytes each: three make a batch
     for line in lines:
