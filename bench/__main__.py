@@ -10,6 +10,7 @@ is the median of the rounds, with its spread (min-max). Results go to bench/resu
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,11 @@ def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float
             summary = wrk(port, path, body_file, case, seconds)
             cpu = cpu_seconds(pids) - cpu_before
             rss = peak_rss_mib(pids)
-            fsyncs = fsync_count(port) if contender.ack == "fsync" else None
+            fsyncs = (  # group commits so far: the count of logwriter's fsync histogram
+                overload.metric_total(port, "logwriter_fsync_seconds_count")
+                if contender.ack == "fsync"
+                else None
+            )
         finally:
             stop(proc)
     elapsed = summary["duration_us"] / 1e6
@@ -276,28 +281,25 @@ def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float
     }
 
 
-def fsync_count(port: int) -> float:
-    """Group commits logwriter has made so far (its fsync histogram's count, all workers)."""
-    url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        text = answer.read().decode()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("logwriter_fsync_seconds_count")
-    )
+@contextlib.contextmanager
+def scratch_file() -> Iterator[int]:
+    """An O_APPEND descriptor to a new file, in a folder removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp:
+        fd = os.open(Path(tmp) / "raw.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
 
 def raw_disk(case: Case, seconds: float) -> dict[str, float]:
     """Appending the same bytes straight to a file: what the disk path allows at best."""
     chunk = make_body(case) * max(1, (1 << 20) // len(make_body(case)))
-    with tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp:
-        fd = os.open(Path(tmp) / "raw.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    with scratch_file() as fd:
         written, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             written += os.write(fd, chunk)
         elapsed = time.perf_counter() - started
-        os.close(fd)
     return {"lines_per_s": written / LINE_BYTES / elapsed, "mb_per_s": written / elapsed / 1e6}
 
 
@@ -306,15 +308,13 @@ def disk_sustained_mb_per_s(total: int) -> float:
     this rate a writer only fills the page cache, until the kernel's dirty-page throttling
     pauses it."""
     chunk = b"x" * (1 << 20)
-    with tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp:
-        os.sync()  # start with no one else's dirty pages
-        fd = os.open(Path(tmp) / "raw.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.sync()  # start with no one else's dirty pages
+    with scratch_file() as fd:
         started = time.perf_counter()
         for _ in range(total // len(chunk)):
             os.write(fd, chunk)
         os.fdatasync(fd)
         elapsed = time.perf_counter() - started
-        os.close(fd)
     return total / elapsed / 1e6
 
 

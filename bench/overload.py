@@ -142,13 +142,18 @@ class Client:
         return time.monotonic() - self._started
 
 
-def lines_written(port: int) -> float:
+def metric_total(port: int, name: str) -> float:
+    """The sum of a metric's samples in logwriter's /metrics (all labels, all workers); 0 if
+    it has none yet."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    match = re.search(r"^logwriter_lines_written_total (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((f"{name} ", f"{name}{{"))
+    )
 
 
 def verify(path: Path, outcomes: dict[int, int]) -> list[str]:
@@ -205,7 +210,10 @@ def run(
             overload.run()
             staller.stop()
             acked, deadline = _acked_lines(warm, calibration, overload), time.monotonic() + 120
-            while lines_written(port) < acked and time.monotonic() < deadline:
+            while (
+                metric_total(port, "logwriter_lines_written_total") < acked
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.2)  # the drain; what it leaves unwritten, verify() reports
             peak_rss = peak_rss_mib([worker])
         finally:
