@@ -50,7 +50,7 @@ class Runtime:
 
 
 class RestOfPath(PathConverter):
-    regex = ".*"
+    regex = "(?s:.*)"  # newlines too ("%0A"): without the flag, such a name got a 404
     part_isolating = False  # may span "/": Werkzeug would guess otherwise from the regex
 
 

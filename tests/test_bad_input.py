@@ -52,6 +52,7 @@ BAD = [
     ("absolute", "POST", "/v1/logs/%2Fetc%2Fpasswd", b"x\n", TEXT, 400, "stream name"),
     ("hidden", "POST", "/v1/logs/.bashrc", b"x\n", TEXT, 400, "stream name"),
     ("nul", "POST", "/v1/logs/a%00b", b"x\n", TEXT, 400, "stream name"),
+    ("newline", "POST", "/v1/logs/a%0Ab", b"x\n", TEXT, 400, "stream name"),
     ("too-long-name", "POST", "/v1/logs/" + "n" * 65, b"x\n", TEXT, 400, "stream name"),
     ("ack", "POST", "/v1/logs/s5?ack=sometimes", b"x\n", TEXT, 400, "ack must be"),
     ("get", "GET", "/v1/logs/s6", None, {}, 405, "not allowed"),
