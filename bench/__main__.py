@@ -3,6 +3,8 @@
 Contenders: logwriter (ack=queued, written, fsync); the naive Flask app under the same Gunicorn
 settings (and its fsync-per-request variant); nginx writing $request_body to its access log
 (the ceiling: no Python at all); and the raw append rate of the disk for the same bytes.
+Group commit is also measured where an fsync costs what it does on a hard disk: ack=fsync
+and the naive fsync-per-request app on a disk capped at --iops write IOPS (bench.disks).
 Every case runs each contender once per round, rounds interleaved and each starting with
 another contender, so that the noise of a shared machine hits all of them alike. Each figure
 is the median of the rounds, with its spread (min-max). Results go to bench/results/
@@ -26,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import overload
+from bench import disks, overload
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -40,9 +42,16 @@ class Case:
     conns: int  # keep-alive connections
     workers: int
     body: str = "text"  # or "ndjson"
+    threads: int = THREADS  # request threads per worker
+    iops: int = 0  # writes to the log folder's disk capped at this many a second; 0: no cap
 
     def __str__(self) -> str:
-        return f"{self.body} {self.lines} lines/req, {self.conns} conns, {self.workers} workers"
+        text = f"{self.body} {self.lines} lines/req, {self.conns} conns, {self.workers} workers"
+        if self.threads != THREADS:
+            text += f", {self.threads} threads"
+        if self.iops:
+            text += f", disk capped at {self.iops} write IOPS"
+        return text
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,19 @@ def full_cases() -> list[Case]:
     return cases
 
 
+def capped_disk_cases(iops: int) -> list[Case]:
+    """ack=fsync where an fsync costs a turn at `iops`: with the usual 8 request threads, and
+    with one per connection, since a request waiting for its fsync holds its thread."""
+    return [
+        Case(1, DURABLE_CONNS, 1, iops=iops),
+        Case(1, DURABLE_CONNS, 1, threads=DURABLE_CONNS, iops=iops),
+        Case(100, DURABLE_CONNS, 1, threads=DURABLE_CONNS, iops=iops),
+    ]
+
+
 def contenders_for(case: Case) -> list[Contender]:
+    if case.iops:
+        return [c for c in CONTENDERS if c.name in ("logwriter-fsync", "naive-fsync")]
     return [c for c in CONTENDERS if c.name not in DURABLE or case.conns == DURABLE_CONNS]
 
 
@@ -139,7 +160,10 @@ def start(
     tmp: Path,
     logs: Path | None = None,
     logwriter_env: dict[str, str] | None = None,
+    threads: int = THREADS,
+    prefix: list[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a contender; `prefix` goes before its command (such as disks.write_iops_cap's)."""
     port = free_port()
     logs = logs or tmp / "logs"
     logs.mkdir(exist_ok=True)
@@ -149,7 +173,7 @@ def start(
             "LOGWRITER_DIR": str(logs),
             "LOGWRITER_BIND": f"127.0.0.1:{port}",
             "LOGWRITER_WORKERS": str(workers),
-            "LOGWRITER_THREADS": str(THREADS),
+            "LOGWRITER_THREADS": str(threads),
             **(logwriter_env or {}),
         }
         command = [str(Path(sys.executable).parent / "logwriter")]
@@ -164,7 +188,7 @@ def start(
             "--workers",
             str(workers),
             "--threads",
-            str(THREADS),
+            str(threads),
             "--keep-alive",
             "5",
             "--bind",
@@ -177,14 +201,16 @@ def start(
         conf.write_text(NGINX_CONF.format(workers=workers, port=port, tmp=tmp))
         command = ["nginx", "-p", str(tmp), "-c", str(conf)]
     out = (tmp / f"{contender.server}.out").open("wb")
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*(prefix or []), *command], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+    )
     wait_for_port(port, proc)
     time.sleep(0.5 if contender.server != "nginx" else 0.1)  # every worker up
     return proc, port
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM if proc.args[0] != "nginx" else signal.SIGQUIT)
+    proc.send_signal(signal.SIGTERM if "nginx" not in proc.args else signal.SIGQUIT)
     try:
         proc.wait(60)
     except subprocess.TimeoutExpired:
@@ -244,12 +270,29 @@ def wrk(port: int, path: str, body_file: Path, case: Case, seconds: float) -> di
     return json.loads(line[len("BENCH ") :])
 
 
+@contextlib.contextmanager
+def log_folder(case: Case, tmp: Path) -> Iterator[tuple[Path, list[str]]]:
+    """Where the contender writes, and the prefix of its command: on the machine's disk, or on
+    a loop-mounted one that it may write to only case.iops times a second."""
+    if not case.iops:
+        yield tmp / "logs", []
+        return
+    with (
+        disks.loop_mounted_ext4(tmp, "1G") as mount,
+        disks.write_iops_cap(mount, case.iops) as prefix,
+    ):
+        yield mount / "logs", prefix
+
+
 def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp_name,
+        log_folder(case, Path(tmp_name)) as (logs, prefix),
+    ):
         tmp = Path(tmp_name)
         body_file = tmp / "body"
         body_file.write_bytes(make_body(case))
-        proc, port = start(contender, case.workers, tmp)
+        proc, port = start(contender, case.workers, tmp, logs, None, case.threads, prefix)
         try:
             pids = process_tree(proc.pid)
             cpu_before = cpu_seconds(pids)
@@ -531,9 +574,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--overload", type=float, default=30, help="seconds of overload (default 30; 0: none)"
     )
+    parser.add_argument(
+        "--iops",
+        type=int,
+        default=100,
+        help="write IOPS of the capped disk for the group-commit cases (default 100, a hard "
+        "disk's; 0: none)",
+    )
     args = parser.parse_args(argv)
     ensure_tools()
     cases = [Case(100, DURABLE_CONNS, 1)] if args.smoke else full_cases()
+    if args.iops:
+        cases += capped_disk_cases(args.iops)[1:2] if args.smoke else capped_disk_cases(args.iops)
     rounds, seconds = (1, 1.0) if args.smoke else (args.rounds, args.seconds)
     out = args.out or (
         Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else BENCH / "results"
@@ -555,7 +607,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"{run['lines_per_s']:,.0f} lines/s",
                     flush=True,
                 )
-            results.setdefault((case, "raw disk"), []).append(raw_disk(case, min(seconds, 2)))
+            if not case.iops:
+                raw = raw_disk(case, min(seconds, 2))
+                results.setdefault((case, "raw disk"), []).append(raw)
     capacity = load_generator_capacity(Case(100, DURABLE_CONNS, 1), seconds)
     disk_total = 256 << 20 if args.smoke else 2 << 30
     sustained = disk_sustained_mb_per_s(disk_total)
@@ -571,8 +625,8 @@ def main(argv: list[str] | None = None) -> None:
         f"# logwriter benchmark\n\nMachine: {machine()}. {rounds} interleaved rounds of "
         f"{seconds:g} s per measurement; medians, spread = min-max over rounds. Lines are "
         f"{LINE_BYTES} bytes. {THREADS} request threads per worker for logwriter and the naive "
-        "app. nginx logs `$request_body` (the ceiling); raw disk = `os.write` of 1 MiB chunks "
-        "(into the page cache).",
+        "app unless a case says otherwise. nginx logs `$request_body` (the ceiling); raw disk = "
+        "`os.write` of 1 MiB chunks (into the page cache).",
         f"\nThe disk takes {sustained:,.0f} MB/s to stable storage ({disk_total >> 20} MiB "
         "appended, then fdatasynced). A case whose MB/s goes past that only fills the page "
         "cache until the kernel's dirty-page throttling pauses the writing threads: there the "
@@ -580,6 +634,18 @@ def main(argv: list[str] | None = None) -> None:
         f"\nLoad generator: wrk reached {capacity:,.0f} requests/s against an nginx endpoint that "
         f"does no work; the busiest contender here took {busiest:,.0f} requests/s "
         f"({busiest / capacity:.0%} of that), so wrk is not what limits the figures below.",
+        *(
+            [
+                f"\nCases on a disk capped at {args.iops} write IOPS: the log folder is a "
+                "loop-mounted ext4 that the kernel's block-layer throttle (cgroup v1 blkio) lets "
+                f"the contender's processes write only {args.iops} times a second. Buffered "
+                "writes still reach the page cache at once; each fsync waits for its turn, as on "
+                "a hard disk. Only logwriter ack=fsync and the naive fsync-per-request app run "
+                "there: they show what group commit is for."
+            ]
+            if args.iops
+            else []
+        ),
         "\n## Targets\n",
         *targets(results),
         "\n## All cases\n",

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.disks import loop_mounted_ext4
+
 QUEUE_MIB = 16
 RSS_ALLOWANCE_MIB = 64  # the interpreter, Flask, Gunicorn and bodies being read (measured ~45)
 LINES_PER_REQUEST = 1000
@@ -38,17 +40,12 @@ _LINE = re.compile(rb"o(\d{7}) (\d{4}) x+")
 @contextlib.contextmanager
 def stalling_disk(tmp: Path) -> Iterator[tuple[Path, "Staller"]]:
     """A 2 GiB (sparse) ext4 image mounted under tmp, and the thread that stalls it."""
-    image, mount = tmp / "disk.img", tmp / "disk"
-    mount.mkdir()
-    subprocess.run(["truncate", "-s", "2G", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
-    staller = Staller(mount)
-    try:
-        yield mount, staller
-    finally:
-        staller.stop()
-        subprocess.run(["umount", str(mount)], check=True)
+    with loop_mounted_ext4(tmp, "2G") as mount:
+        staller = Staller(mount)
+        try:
+            yield mount, staller
+        finally:
+            staller.stop()
 
 
 class Staller:
