@@ -9,9 +9,9 @@ Its life reads like logging.handlers.QueueListener:
 Each turn of the loop takes the waiting requests, up to a megabyte (ack=queued ones may gather
 for up to 20 ms first), groups them by stream and appends each stream's share with one
 writev. One fsync then serves every ack=fsync request of that batch (group commit); such a
-batch waits first for up to as long as an fsync takes, so that the requests the last fsync
-answered can join it. Queued bytes count against the bound until they are on disk, so memory
-stays within it however slow the disk is.
+batch waits first for up to as long as an fsync takes (at most 20 ms), so that the requests
+the last fsync answered can join it. Queued bytes count against the bound until they are on
+disk, so memory stays within it however slow the disk is.
 """
 
 import errno
@@ -35,7 +35,7 @@ _RETRY_FIRST, _RETRY_MAX = 0.05, 2.0  # seconds between attempts at a failing di
 # request that does wait (ack=written/fsync) ends the wait at once. Measured with 1-line
 # requests: with no linger this thread cost 50 us of CPU per request, with 5 ms 15 us; with
 # 2 workers a worker then spent 16 us per request more than one that queued nothing, and
-# with 20 ms 6 us more.
+# with 20 ms 6 us more. It also bounds the wait before an fsync batch (see _take).
 _LINGER = 0.02
 # At most this much is taken in one turn (a larger request alone is taken whole), and this much
 # waiting ends the linger. Bodies reach the page cache while still in the CPU's cache: with
@@ -103,7 +103,10 @@ class Writer:
         self._closed = False
         self._hurry = False  # someone waits on what is queued: take it without lingering
         self._fsyncs_queued = 0  # ack=fsync requests in the queue
-        self._fsync_seconds = 0.0  # what an fsync takes: a moving average (writer thread only)
+        # The writer thread's alone: what an fsync takes (a moving average), and how many
+        # requests the last one served.
+        self._fsync_seconds = 0.0
+        self._fsync_served = 0
         # Set when a put gave up for want of room, cleared once the queue is half empty again:
         # readiness drops while a worker turns requests away, and does not flap at the edge.
         self._overloaded = False
@@ -160,13 +163,16 @@ class Writer:
             self._queue.append(entry)
             self._pending_bytes += size
             self._pending_lines += entry.lines
-            self._fsyncs_queued += entry.ack == "fsync"
+            if entry.ack == "fsync":
+                self._fsyncs_queued += 1
             urgent = entry.ack != "queued" or self._pending_bytes >= min(
                 _BATCH_BYTES, self._limit // 2
             )
-            self._hurry = self._hurry or urgent
-            if urgent or was_empty:  # a lingering thread is not woken for every request
+            # The thread is woken once: for the first request, or the first that ends its
+            # linger. More would only interrupt a wait for an fsync batch (see _take).
+            if was_empty or (urgent and not self._hurry):
                 self._not_empty.notify()
+            self._hurry = self._hurry or urgent
         metrics.lines_received.inc(entry.lines)
         metrics.queue_depth.inc(entry.lines)
         metrics.queue_bytes.inc(size)
@@ -209,14 +215,17 @@ class Writer:
         with self._lock:
             if self._not_empty.wait_for(lambda: self._queue, timeout):
                 self._not_empty.wait_for(lambda: self._hurry, _LINGER)
-                if self._fsyncs_queued:
+                if self._fsyncs_queued and self._fsync_served > 1:
                     # Up to as long as an fsync takes: the requests the last one answered come
                     # back meanwhile and share the next. Taking each batch at once, batches
                     # alternated between those and the requests that arrived during an fsync,
                     # so one fsync served about half the request threads. Measured, 1-line
                     # requests, 32 connections and threads, a disk capped at 100 write IOPS:
                     # 7.3 -> 18.5 requests per fsync (5.9x -> 11x the naive app's fsync per
-                    # request); on this machine's disk, 0.2 ms fsyncs: 2.8 -> 4.5.
+                    # request); on this machine's disk, 0.2 ms fsyncs: 2.8 -> 4.5. Where the
+                    # last fsync served one request, no one else is likely to come: a lone
+                    # client's request is not held up. The other requests of the batch
+                    # (ack=written too) wait with it.
                     gather = min(self._fsync_seconds, _LINGER)
                     self._not_empty.wait_for(lambda: self._closed, gather)
             batch: list[Entry | None] = []
@@ -226,7 +235,8 @@ class Writer:
                 batch.append(entry)
                 if entry is not _PILL:
                     size += len(entry.data)
-                    self._fsyncs_queued -= entry.ack == "fsync"
+                    if entry.ack == "fsync":
+                        self._fsyncs_queued -= 1
             self._hurry = bool(self._queue)  # what is left has waited already: no linger
         return batch
 
@@ -328,7 +338,9 @@ class Writer:
             log.error("fsync of %s failed: %s", ", ".join(waiting), exc)
         took = time.perf_counter() - started
         # Over the last ten or so: a disk's fsyncs can take 0.2 ms one time and 100 the next.
-        self._fsync_seconds += (took - self._fsync_seconds) * 0.2
+        # A stall of seconds counts as the most a gather waits, so it is forgotten as fast.
+        self._fsync_seconds += (min(took, _LINGER) - self._fsync_seconds) * 0.2
+        self._fsync_served = sum(len(group) for group in waiting.values())
         metrics.fsync_seconds.observe(took)
         for group in waiting.values():
             for entry in group:

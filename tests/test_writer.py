@@ -3,7 +3,7 @@
 import errno
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -208,20 +208,22 @@ def test_one_fsync_serves_every_fsync_request_of_a_batch(files: GatedFiles, writ
 
 
 class SlowFsyncFiles(LogFiles):
-    """Real files whose every fsync takes 30 ms more, as on a hard disk; fsyncs are counted."""
+    """Real files whose every fsync takes `seconds` more, as on a hard disk; each fsync's start
+    is recorded."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, seconds: float) -> None:
         super().__init__(directory)
-        self.fsyncs = 0
+        self.seconds = seconds
+        self.started: list[float] = []  # time.monotonic() as each fsync began
 
-    def fsync(self, streams) -> None:  # type: ignore[no-untyped-def]
-        self.fsyncs += 1
-        time.sleep(0.03)
+    def fsync(self, streams: Iterable[str]) -> None:
+        self.started.append(time.monotonic())
+        time.sleep(self.seconds)
         super().fsync(streams)
 
 
 def test_requests_answered_by_an_fsync_share_the_next_one(tmp_path: Path):
-    files = SlowFsyncFiles(tmp_path)
+    files = SlowFsyncFiles(tmp_path, 0.03)
     writer = Writer(files, limit_bytes=1 << 20)
     writer.start()
 
@@ -237,12 +239,29 @@ def test_requests_answered_by_an_fsync_share_the_next_one(tmp_path: Path):
         thread.start()
     for thread in threads:
         thread.join()
-    fsyncs = files.fsyncs
+    fsyncs = len(files.started)
     writer.stop()
     assert len((tmp_path / "s.log").read_text().splitlines()) == 80
     # Taking each batch at once, the writer's batches alternate between the requests that
     # came during an fsync and those it answered: about 4 requests per fsync, not 8.
     assert 80 / fsyncs >= 6, f"{fsyncs} fsyncs for 80 requests"
+
+
+def test_a_lone_clients_fsync_is_not_held_for_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(writer_module, "_LINGER", 10.0)  # a wait would last a whole fsync
+    files = SlowFsyncFiles(tmp_path, 0.4)
+    writer = Writer(files, limit_bytes=1 << 20)
+    writer.start()
+    for i in range(5):  # one request at a time; the writer learns an fsync takes 0.4 s
+        item = entry("s", str(i), ack="fsync")
+        put_at = time.monotonic()
+        writer.put(item, timeout=5)
+        item.wait()
+    writer.stop()
+    # Waiting as long as fsyncs have taken (0.24 s by the last) would be for no one.
+    assert files.started[4] - put_at < 0.12
 
 
 def test_append_errors_are_retried_without_doubling(tmp_path: Path):
