@@ -84,9 +84,11 @@ def full_cases() -> list[Case]:
 
 
 def capped_disk_cases(iops: int) -> list[Case]:
-    """ack=fsync where an fsync costs a turn at `iops`: with the usual 8 request threads, and
-    with one per connection, since a request waiting for its fsync holds its thread."""
+    """ack=fsync where an fsync costs a turn at `iops`: one client alone; 32 with the usual 8
+    request threads, and with one per connection, since a request waiting for its fsync
+    holds its thread."""
     return [
+        Case(1, 1, 1, iops=iops),
         Case(1, DURABLE_CONNS, 1, iops=iops),
         Case(1, DURABLE_CONNS, 1, threads=DURABLE_CONNS, iops=iops),
         Case(100, DURABLE_CONNS, 1, threads=DURABLE_CONNS, iops=iops),
@@ -204,7 +206,12 @@ def start(
     proc = subprocess.Popen(
         [*(prefix or []), *command], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
     )
-    wait_for_port(port, proc)
+    try:
+        wait_for_port(port, proc)
+    except RuntimeError:
+        proc.kill()
+        proc.wait()
+        raise
     time.sleep(0.5 if contender.server != "nginx" else 0.1)  # every worker up
     return proc, port
 
@@ -292,7 +299,7 @@ def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float
         tmp = Path(tmp_name)
         body_file = tmp / "body"
         body_file.write_bytes(make_body(case))
-        proc, port = start(contender, case.workers, tmp, logs, None, case.threads, prefix)
+        proc, port = start(contender, case.workers, tmp, logs, threads=case.threads, prefix=prefix)
         try:
             pids = process_tree(proc.pid)
             cpu_before = cpu_seconds(pids)
@@ -585,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
     ensure_tools()
     cases = [Case(100, DURABLE_CONNS, 1)] if args.smoke else full_cases()
     if args.iops:
-        cases += capped_disk_cases(args.iops)[1:2] if args.smoke else capped_disk_cases(args.iops)
+        cases += capped_disk_cases(args.iops)[2:3] if args.smoke else capped_disk_cases(args.iops)
     rounds, seconds = (1, 1.0) if args.smoke else (args.rounds, args.seconds)
     out = args.out or (
         Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else BENCH / "results"

@@ -9,7 +9,10 @@ or a small cloud volume, while the rest of the machine runs as it is.
 
 import contextlib
 import os
+import signal
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,15 +37,18 @@ def loop_mounted_ext4(tmp: Path, size: str) -> Iterator[Path]:
 def write_iops_cap(mount: Path, iops: int) -> Iterator[list[str]]:
     """A cgroup whose processes may write to `mount`'s device `iops` times a second.
 
-    Yields the command prefix that runs a program inside it. Every process started that way
-    must have exited before the block ends: a cgroup with members cannot be removed.
+    Yields the command prefix that runs a program inside it. Whatever still runs in the group
+    when the block ends is killed: a cgroup with members cannot be removed, and its files
+    would keep the disk from being unmounted.
     """
     limits = BLKIO / "blkio.throttle.write_iops_device"
     if not limits.exists():
-        raise RuntimeError(f"capping a disk's IOPS needs cgroup v1's blkio controller ({limits})")
+        raise RuntimeError(
+            f"capping a disk's IOPS needs cgroup v1's blkio controller ({limits}); "
+            "--iops 0 skips the capped-disk cases"
+        )
     device = mount.stat().st_dev
-    group = BLKIO / f"logwriter-bench-{os.getpid()}"
-    group.mkdir()
+    group = Path(tempfile.mkdtemp(prefix="logwriter-bench-", dir=BLKIO))
     try:
         limit = f"{os.major(device)}:{os.minor(device)} {iops}\n"
         (group / "blkio.throttle.write_iops_device").write_text(limit)
@@ -50,4 +56,17 @@ def write_iops_cap(mount: Path, iops: int) -> Iterator[list[str]]:
         # can run outside the group, not even for a moment.
         yield ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group / "cgroup.procs")]
     finally:
+        _empty(group)
         group.rmdir()
+
+
+def _empty(group: Path) -> None:
+    """Kill what is left in the group (a server that did not stop), and wait until it is gone."""
+    deadline = time.monotonic() + 10
+    while pids := (group / "cgroup.procs").read_text().split():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {pids} outlived SIGKILL in {group}")
+        time.sleep(0.05)
