@@ -592,7 +592,8 @@ def main(argv: list[str] | None = None) -> None:
     ensure_tools()
     cases = [Case(100, DURABLE_CONNS, 1)] if args.smoke else full_cases()
     if args.iops:
-        cases += capped_disk_cases(args.iops)[2:3] if args.smoke else capped_disk_cases(args.iops)
+        capped = capped_disk_cases(args.iops)
+        cases += [capped[2]] if args.smoke else capped  # smoke: 1 line, 32 threads
     rounds, seconds = (1, 1.0) if args.smoke else (args.rounds, args.seconds)
     out = args.out or (
         Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke else BENCH / "results"
@@ -628,6 +629,16 @@ def main(argv: list[str] | None = None) -> None:
         if name != "raw disk"
     )
 
+    capped_note = []
+    if args.iops:
+        capped_note.append(
+            f"\nCases on a disk capped at {args.iops} write IOPS: the log folder is a "
+            "loop-mounted ext4 that the kernel's block-layer throttle (cgroup v1 blkio) lets the "
+            f"contender's processes write only {args.iops} times a second. Buffered writes "
+            "still reach the page cache at once; each fsync waits for its turn, as on a hard "
+            "disk. Only logwriter ack=fsync and the naive fsync-per-request app run there: they "
+            "show what group commit is for."
+        )
     report = [
         f"# logwriter benchmark\n\nMachine: {machine()}. {rounds} interleaved rounds of "
         f"{seconds:g} s per measurement; medians, spread = min-max over rounds. Lines are "
@@ -641,18 +652,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\nLoad generator: wrk reached {capacity:,.0f} requests/s against an nginx endpoint that "
         f"does no work; the busiest contender here took {busiest:,.0f} requests/s "
         f"({busiest / capacity:.0%} of that), so wrk is not what limits the figures below.",
-        *(
-            [
-                f"\nCases on a disk capped at {args.iops} write IOPS: the log folder is a "
-                "loop-mounted ext4 that the kernel's block-layer throttle (cgroup v1 blkio) lets "
-                f"the contender's processes write only {args.iops} times a second. Buffered "
-                "writes still reach the page cache at once; each fsync waits for its turn, as on "
-                "a hard disk. Only logwriter ack=fsync and the naive fsync-per-request app run "
-                "there: they show what group commit is for."
-            ]
-            if args.iops
-            else []
-        ),
+        *capped_note,
         "\n## Targets\n",
         *targets(results),
         "\n## All cases\n",
