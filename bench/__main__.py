@@ -83,6 +83,17 @@ def full_cases() -> list[Case]:
     return cases
 
 
+def every_case() -> list[Case]:
+    """Every combination of body, size, connections and workers: 72 cases."""
+    return [
+        Case(lines, conns, workers, body)
+        for body in ("text", "ndjson")
+        for workers in (1, 2, 4)
+        for conns in (1, 8, 32, 128)
+        for lines in (1, 100, 1000)
+    ]
+
+
 def capped_disk_cases(iops: int) -> list[Case]:
     """ack=fsync where an fsync costs a turn at `iops`: one client alone; 32 with the usual 8
     request threads, and with one per connection, since a request waiting for its fsync
@@ -474,10 +485,13 @@ def targets(results: Results) -> list[str]:
                 )
             w = ratio(case, "logwriter-written", "logwriter")
             check(f"{case}: logwriter ack=written / ack=queued", w, 0.8)
+    cores = os.cpu_count() or 1
     for lines in (1, 100, 1000):
-        one, two = Case(lines, 32, 1), Case(lines, 32, 2)
-        scaling = ratio_across(results, two, one)
-        check(f"scaling, {lines} lines/req, 1 → 2 workers (2 cores): logwriter", scaling, 1.0)
+        for fewer, more in ((1, 2), (2, 4)):
+            if more <= cores:  # "grows with workers up to the core count"
+                scaling = ratio_across(results, Case(lines, 32, more), Case(lines, 32, fewer))
+                what = f"scaling, {lines} lines/req, {fewer} → {more} workers ({cores} cores)"
+                check(f"{what}: logwriter", scaling, 1.0)
     return checks
 
 
@@ -575,6 +589,9 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="one short case per contender")
+    parser.add_argument(
+        "--all", action="store_true", help="every combination of the workloads (about 80 min)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=3, help="per measurement (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results")
@@ -590,7 +607,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     ensure_tools()
-    cases = [Case(100, DURABLE_CONNS, 1)] if args.smoke else full_cases()
+    if args.smoke:
+        cases = [Case(100, DURABLE_CONNS, 1)]
+    else:
+        cases = every_case() if args.all else full_cases()
     if args.iops:
         capped = capped_disk_cases(args.iops)
         cases += [capped[2]] if args.smoke else capped  # smoke: 1 line, 32 threads
