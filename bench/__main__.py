@@ -485,7 +485,7 @@ def targets(results: Results) -> list[str]:
                 )
             w = ratio(case, "logwriter-written", "logwriter")
             check(f"{case}: logwriter ack=written / ack=queued", w, 0.8)
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     for lines in (1, 100, 1000):
         for fewer, more in ((1, 2), (2, 4)):
             if more <= cores:  # "grows with workers up to the core count"
@@ -574,6 +574,11 @@ def ensure_tools() -> None:
             policy.unlink()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset), not the host's count."""
+    return len(os.sched_getaffinity(0))
+
+
 def machine() -> str:
     cpu = next(
         (
@@ -583,7 +588,7 @@ def machine() -> str:
         ),
         "unknown CPU",
     )
-    return f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}"
+    return f"{usable_cores()} cores ({cpu}), Python {sys.version.split()[0]}"
 
 
 def main(argv: list[str] | None = None) -> None:
