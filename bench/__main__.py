@@ -13,6 +13,7 @@ is the median of the rounds, with its spread (min-max). Results go to bench/resu
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -34,6 +35,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 LINE_BYTES = 200
 THREADS = 8  # request threads per worker, the same for logwriter and the naive app
+# The workloads issue 5 names; the default run crosses only some of them (full_cases).
+BODIES = ("text", "ndjson")
+SIZES = (1, 100, 1000)  # lines per body
+CONNECTIONS = (1, 8, 32, 128)
+WORKERS = (1, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,10 @@ class Case:
     body: str = "text"  # or "ndjson"
     threads: int = THREADS  # request threads per worker
     iops: int = 0  # writes to the log folder's disk capped at this many a second; 0: no cap
+
+    @property
+    def content_type(self) -> str:
+        return "application/x-ndjson" if self.body == "ndjson" else "text/plain"
 
     def __str__(self) -> str:
         text = f"{self.body} {self.lines} lines/req, {self.conns} conns, {self.workers} workers"
@@ -76,10 +86,9 @@ DURABLE_CONNS = 32  # the ack and fsync comparisons run at this many connections
 
 def full_cases() -> list[Case]:
     """Text bodies at every connection count; NDJSON and more workers at 32 connections."""
-    sizes = (1, 100, 1000)
-    cases = [Case(lines, conns, 1) for lines in sizes for conns in (1, 8, 32, 128)]
-    cases += [Case(lines, 32, 1, "ndjson") for lines in sizes]
-    cases += [Case(lines, 32, workers) for workers in (2, 4) for lines in sizes]
+    cases = [Case(lines, conns, 1) for lines in SIZES for conns in CONNECTIONS]
+    cases += [Case(lines, 32, 1, "ndjson") for lines in SIZES]
+    cases += [Case(lines, 32, workers) for workers in WORKERS[1:] for lines in SIZES]
     return cases
 
 
@@ -87,10 +96,10 @@ def every_case() -> list[Case]:
     """Every combination of body, size, connections and workers: 72 cases."""
     return [
         Case(lines, conns, workers, body)
-        for body in ("text", "ndjson")
-        for workers in (1, 2, 4)
-        for conns in (1, 8, 32, 128)
-        for lines in (1, 100, 1000)
+        for body in BODIES
+        for workers in WORKERS
+        for conns in CONNECTIONS
+        for lines in SIZES
     ]
 
 
@@ -268,7 +277,6 @@ def peak_rss_mib(pids: list[int]) -> float:
 
 
 def wrk(port: int, path: str, body_file: Path, case: Case, seconds: float) -> dict[str, int]:
-    content_type = "application/x-ndjson" if case.body == "ndjson" else "text/plain"
     command = [
         "wrk",
         f"-t{min(2, case.conns)}",
@@ -280,7 +288,7 @@ def wrk(port: int, path: str, body_file: Path, case: Case, seconds: float) -> di
         str(BENCH / "wrk.lua"),
         f"http://127.0.0.1:{port}{path}",
     ]
-    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_TYPE": content_type}
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_TYPE": case.content_type}
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed: {result.stdout}{result.stderr}")
@@ -486,8 +494,8 @@ def targets(results: Results) -> list[str]:
             w = ratio(case, "logwriter-written", "logwriter")
             check(f"{case}: logwriter ack=written / ack=queued", w, 0.8)
     cores = usable_cores()
-    for lines in (1, 100, 1000):
-        for fewer, more in ((1, 2), (2, 4)):
+    for lines in SIZES:
+        for fewer, more in itertools.pairwise(WORKERS):
             if more <= cores:  # "grows with workers up to the core count"
                 scaling = ratio_across(results, Case(lines, 32, more), Case(lines, 32, fewer))
                 what = f"scaling, {lines} lines/req, {fewer} → {more} workers ({cores} cores)"
@@ -509,7 +517,7 @@ def plots(results: Results, out: Path) -> list[str]:
     except ImportError:
         return []
     made = []
-    for lines in (1, 100, 1000):
+    for lines in SIZES:
         figure, axes = plt.subplots(figsize=(7, 4))
         for name in ("logwriter", "naive", "nginx"):
             points = sorted(

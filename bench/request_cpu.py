@@ -51,10 +51,10 @@ def measure(lines: int, body_kind: str, top: int) -> None:
 
     logwriter = create_app(Settings.from_env())
     writer = logwriter.extensions["logwriter"].writer
-    body = make_body(Case(lines, conns=1, workers=1, body=body_kind))  # only these shape it
-    content_type = "application/x-ndjson" if body_kind == "ndjson" else "text/plain"
+    case = Case(lines, conns=1, workers=1, body=body_kind)  # only lines and body matter here
+    body = make_body(case)
     environ = EnvironBuilder(
-        path="/v1/logs/bench", method="POST", data=body, content_type=content_type
+        path="/v1/logs/bench", method="POST", data=body, content_type=case.content_type
     ).get_environ()
     count = max(200, 4000 // max(1, lines // 10))
     # One end of a socket pair stands for the client's connection, so that the body deadline
