@@ -16,7 +16,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -562,24 +561,8 @@ def plots(results: Results, out: Path) -> list[str]:
 
 
 def ensure_tools() -> None:
-    """wrk and nginx from Debian, installed if missing (without starting nginx's service)."""
-    missing = [
-        pkg for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx-light")) if not shutil.which(tool)
-    ]
-    if not missing:
-        return
-    policy = Path("/usr/sbin/policy-rc.d")
-    made_policy = not policy.exists()
-    if made_policy:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env, check=True)
-    finally:
-        if made_policy:
-            policy.unlink()
+    """wrk and nginx, installed from Debian if missing by the script .ci/run installs with."""
+    subprocess.run(["bash", str(ROOT / ".ci" / "install-tools"), "wrk", "nginx"], check=True)
 
 
 def usable_cores() -> int:
