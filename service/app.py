@@ -6,19 +6,11 @@ create_app() only builds objects: no thread is started, no file touched. The Gun
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    generate_latest,
-)
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
@@ -26,14 +18,16 @@ from service import metrics
 from service.auth import BearerTokens
 from service.deadlines import BodyDeadlines
 from service.files import LogFiles
-from service.parsing import Rejected, check_stream_name, count_lines, parse_body, read_body
-from service.settings import ACK_MODES, Ack, Settings, ack_mode
-from service.writer import Entry, QueueFull, WriteFailed, Writer, WriterStopped
+from service.parsing import check_stream_name, count_lines, parse_body, read_body
+from service.refusals import Rejected
+from service.settings import Settings
+from service.writer import Ack, Entry, QueueFull, WriteFailed, Writer, WriterStopped, parse_ack
 
 log = logging.getLogger("logwriter")
 
 QUEUE_WAIT_SECONDS = 1.0  # how long a request waits for room in a full queue before a 503
 RETRY_AFTER_SECONDS = "1"
+_RUNTIME = "logwriter"  # the key of app.extensions that holds the Runtime
 
 api = Blueprint("logwriter", __name__)
 OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()  # the API's contract, kept here
@@ -41,7 +35,7 @@ OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()  # the API's con
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """What the views need, kept on the app as app.extensions["logwriter"]."""
+    """What the views need, kept on the app: runtime(app) finds it."""
 
     settings: Settings
     writer: Writer
@@ -55,6 +49,11 @@ class RestOfPath(PathConverter):
 
 
 def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
+    """The Flask app for `settings`, with a Writer of its own unless one is given (tests).
+
+    Nothing is started and no file is touched: the Gunicorn hooks (service.server) start and
+    stop runtime(app).writer in each worker process.
+    """
     app = Flask(__name__)
     # Whatever follows /v1/logs/ ("", "a/b", "/etc", "..") must reach the stream name check and
     # its 400, not a 404 or a redirect to a merged path.
@@ -64,37 +63,37 @@ def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
     if writer is None:
         files = LogFiles(settings.dir, settings.file_template, settings.max_open_files)
         writer = Writer(files, settings.queue_bytes)
-    app.extensions["logwriter"] = Runtime(
+    app.extensions[_RUNTIME] = Runtime(
         settings, writer, BearerTokens(settings.tokens), BodyDeadlines(settings.body_timeout)
     )
     app.register_blueprint(api)
     return app
 
 
-def _runtime() -> Runtime:
-    return current_app.extensions["logwriter"]
+def runtime(app: Flask) -> Runtime:
+    """The settings and parts create_app() gave `app`."""
+    return app.extensions[_RUNTIME]
 
 
 @api.post("/v1/logs", defaults={"stream": "default"})
 @api.post("/v1/logs/<rest:stream>")
 def post_logs(stream: str) -> Response:
-    # The request object and the runtime are looked up once: every access through Flask's
-    # context proxies is a lookup of its own, and this view made fifteen (profiled).
+    # Looked up once each: every access through Flask's context proxies is a lookup of its own.
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
-    runtime = _runtime()
+    parts = runtime(current_app)
     body = None
     try:
-        _require_token(runtime.tokens, req)
+        _require_token(parts.tokens, req)
         check_stream_name(stream)
-        ack = _ack_mode(req.args.get("ack"), runtime.settings.ack)
-        body = _read_request_body(runtime, req)
+        ack = _ack_mode(req.args.get("ack"), parts.settings.ack)
+        body = _read_request_body(parts, req)
         lines = parse_body(
-            body, req.mimetype, req.mimetype_params.get("charset"), runtime.settings.max_line_bytes
+            body, req.mimetype, req.mimetype_params.get("charset"), parts.settings.max_line_bytes
         )
         if lines.count == 0:
             return _accepted(0, 202 if ack == "queued" else 200)
         entry = Entry(stream, lines.data, lines.count, ack)
-        _put(runtime.writer, entry)
+        _put(parts.writer, entry)
     except Rejected as exc:
         metrics.rejected_requests.labels(reason=exc.reason).inc()
         if body is not None:
@@ -110,15 +109,14 @@ def post_logs(stream: str) -> Response:
 
 
 def _accepted(count: int, status: int) -> Response:
-    # Built by hand: for a body this simple, jsonify (Flask's JSON provider, then
-    # make_response) was a large share of the request's time in the app (profiled).
+    # Built by hand: for a body this simple, jsonify and make_response cost more than the view.
     return Response(b'{"accepted":%d}\n' % count, status, mimetype="application/json")
 
 
-def _read_request_body(runtime: Runtime, req: Request) -> bytes:
+def _read_request_body(parts: Runtime, req: Request) -> bytes:
     """The body, decompressed. A client that does not send it whole within body_timeout
     seconds, stalling or trickling, gets a 408 and no longer holds a request thread."""
-    settings = runtime.settings
+    settings = parts.settings
 
     def read() -> bytes:
         return read_body(
@@ -132,12 +130,12 @@ def _read_request_body(runtime: Runtime, req: Request) -> bytes:
     if sock is None:  # not under Gunicorn: Flask's test client
         return read()
     # The watchdog alone, not a socket timeout: a socket with a timeout polls before every
-    # recv and send, which cost 45 us of a 1-line request's 640 (profiled; see README, Speed).
-    with runtime.deadlines.watch(sock):
+    # recv and send.
+    with parts.deadlines.watch(sock):
         try:
             return read()
         except Rejected:
-            if runtime.deadlines.expired(sock):
+            if parts.deadlines.expired(sock):
                 message = f"the request body took longer than {settings.body_timeout:g} s"
                 raise Rejected(408, "timeout", message) from None
             raise
@@ -160,22 +158,22 @@ def _put(writer: Writer, entry: Entry) -> None:
 def _ack_mode(value: str | None, default: Ack) -> Ack:
     if value is None:
         return default
-    mode = ack_mode(value)
-    if mode is None:
-        raise Rejected(400, "bad_ack", f"ack must be one of {', '.join(ACK_MODES)}, got {value!r}")
-    return mode
+    try:
+        return parse_ack(value)
+    except ValueError as exc:
+        raise Rejected(400, "bad_ack", f"ack {exc}") from None
 
 
 @api.get("/healthz")
 def healthz() -> tuple[dict[str, str], int]:
-    if _runtime().writer.alive:
+    if runtime(current_app).writer.alive:
         return {"status": "ok"}, 200
     return {"error": "writer thread is not running"}, 503
 
 
 @api.get("/readyz")
 def readyz() -> tuple[dict[str, str], int]:
-    reason = _runtime().writer.unready_reason()
+    reason = runtime(current_app).writer.unready_reason()
     if reason is None:
         return {"status": "ready"}, 200
     return {"error": reason}, 503
@@ -183,15 +181,11 @@ def readyz() -> tuple[dict[str, str], int]:
 
 @api.get("/metrics")
 def metrics_view() -> Response:
-    runtime = _runtime()
-    if runtime.settings.metrics_auth:
-        _require_token(runtime.tokens, request)
-    registry = REGISTRY
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        # Each scrape reads every worker's files, so any worker can answer for the whole service.
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    parts = runtime(current_app)
+    if parts.settings.metrics_auth:
+        _require_token(parts.tokens, request)
+    page, content_type = metrics.page()
+    return Response(page, content_type=content_type)
 
 
 @api.get("/openapi.json")

@@ -6,10 +6,28 @@ import sys
 import tempfile
 
 from service.memory import tune_malloc
-from service.settings import Settings, SettingsError
 
 
 def main() -> None:
+    # A fresh, private metrics folder each start: files left by an earlier run (and container
+    # PIDs repeat) would otherwise resume its counters. prometheus-client reads this variable
+    # when it is first imported, so it is set before anything of the service is imported.
+    metrics_dir = tempfile.mkdtemp(prefix="logwriter-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    arbiter_pid = os.getpid()
+    try:
+        _serve()
+    finally:
+        # Workers leave through here too (Gunicorn forks inside run()); only the arbiter cleans.
+        if os.getpid() == arbiter_pid:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve() -> None:
+    tune_malloc()  # first, and before Gunicorn forks the workers, which inherit it
+    from service.server import Server  # imported only now: see main()
+    from service.settings import Settings, SettingsError
+
     try:
         settings = Settings.from_env()
         settings.dir.mkdir(parents=True, exist_ok=True)
@@ -17,19 +35,4 @@ def main() -> None:
         sys.exit(f"logwriter: {exc}")
     except OSError as exc:
         sys.exit(f"logwriter: cannot create LOGWRITER_DIR {settings.dir}: {exc.strerror}")
-
-    # A fresh, private metrics folder each start: files left by an earlier run (and container
-    # PIDs repeat) would otherwise resume its counters. prometheus-client reads this variable
-    # when it is first imported, so it is set before anything imports it.
-    metrics_dir = tempfile.mkdtemp(prefix="logwriter-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    arbiter_pid = os.getpid()
-    tune_malloc()  # before Gunicorn forks the workers, which inherit it
-    try:
-        from service.server import Server  # imported only now: see above
-
-        Server(settings).run()
-    finally:
-        # Workers leave through here too (Gunicorn forks inside run()); only the arbiter cleans.
-        if os.getpid() == arbiter_pid:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    Server(settings).run()

@@ -1,11 +1,10 @@
 """glibc's allocator, set for a process that frees large request bodies in another thread.
 
 With glibc's defaults, a 200 KB body is mmapped, or taken from a per-thread arena whose top is
-trimmed when the writer thread frees it: every request then faults its pages in afresh. The
-benchmark measured 32 page faults per 1000-line request and 15% of a worker's CPU. One arena
-(the GIL already keeps Python's allocations from running in parallel), bodies up to 16 MiB
-from the heap, and free memory trimmed only past 64 MiB cut that to about one fault per request.
-Peak memory is unchanged: freed bodies are reused for the next ones, not kept beside them.
+trimmed when the writer thread frees it: every request then faults its pages in afresh. One
+arena (the GIL already keeps Python's allocations from running in parallel), bodies up to
+16 MiB from the heap, and free memory trimmed only past 64 MiB let freed bodies be reused for
+the next ones instead (docs/design.md has the figures). Peak memory is unchanged.
 """
 
 import ctypes

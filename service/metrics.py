@@ -1,11 +1,22 @@
-"""Every logwriter metric, declared once.
+"""Every logwriter metric, declared once, and the /metrics page that shows them.
 
 The service runs prometheus-client in multiprocess mode (the CLI sets PROMETHEUS_MULTIPROC_DIR
 before this module is imported), so that counters add up across worker processes and the
 gauges below sum over live workers only.
 """
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _SECONDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -86,3 +97,15 @@ batch_lines = Histogram(
     "Lines taken off the queue in one batch.",
     buckets=(1, 10, 100, 1000, 10_000, 100_000, 1_000_000),
 )
+
+
+def page() -> tuple[bytes, str]:
+    """The /metrics page and its content type, for the whole service.
+
+    In multiprocess mode each scrape reads every worker's files, so any worker can answer.
+    """
+    registry = REGISTRY
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -21,7 +21,7 @@ from gunicorn.app.base import BaseApplication
 from prometheus_client import multiprocess
 
 from service import metrics
-from service.app import create_app
+from service.app import create_app, runtime
 from service.settings import Settings
 
 log = logging.getLogger("logwriter")
@@ -72,20 +72,18 @@ def post_worker_init(worker: Any) -> None:
     log.setLevel(error_log.level)
     log.propagate = False
     # gthread's own SIGINT/SIGQUIT handler shuts its thread pool down from inside the signal
-    # handler. When the signal lands while the main thread is submitting a request to that pool,
-    # both want the pool's shutdown lock and the worker hangs until the arbiter's SIGKILL (seen
-    # under load, with py-spy); and when it does not hang, it exits while request threads still
+    # handler: it can deadlock with a submit on the main thread, or exit while requests still
     # run. So here these signals take the SIGTERM path: stop accepting, finish, then drain.
     signal.signal(signal.SIGINT, worker.handle_exit)
     signal.signal(signal.SIGQUIT, worker.handle_exit)
     metrics.workers.set(1)
-    worker.wsgi.extensions["logwriter"].writer.start()
+    runtime(worker.wsgi).writer.start()
 
 
 def worker_exit(server: Any, worker: Any) -> None:
     if worker.pid != os.getpid() or getattr(worker, "wsgi", None) is None:
         return  # called in the arbiter for a worker that is already gone, or never loaded
-    worker.wsgi.extensions["logwriter"].writer.stop()
+    runtime(worker.wsgi).writer.stop()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -6,10 +6,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
-Ack = Literal["queued", "written", "fsync"]
-ACK_MODES: tuple[Ack, ...] = ("queued", "written", "fsync")
+from service.writer import Ack, parse_ack
 
 _SIZE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -21,6 +20,8 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    """Everything the service is configured with; the defaults are the README's."""
+
     dir: Path = Path("logs")
     bind: str = "127.0.0.1:8080"
     workers: int = 1
@@ -150,13 +151,8 @@ def _size(name: str, text: str) -> int:
     return int(match[1]) * _UNITS[unit]
 
 
-def ack_mode(text: str) -> Ack | None:
-    """The ack mode `text` names, or None if it names none."""
-    return next((mode for mode in ACK_MODES if mode == text), None)
-
-
 def _ack(name: str, text: str) -> Ack:
-    mode = ack_mode(text)
-    if mode is None:
-        raise SettingsError(f"{name} must be one of {', '.join(ACK_MODES)}, got {text!r}")
-    return mode
+    try:
+        return parse_ack(text)
+    except ValueError as exc:
+        raise SettingsError(f"{name} {exc}") from None

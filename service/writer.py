@@ -6,12 +6,13 @@ Its life reads like logging.handlers.QueueListener:
   stop()   refuses further puts and queues the pill; the thread writes everything queued before
            the pill, fsyncs and closes every file, and ends; stop() joins it.
 
-Each turn of the loop takes the waiting requests, up to a megabyte (ack=queued ones may gather
-for up to 20 ms first), groups them by stream and appends each stream's share with one
-writev. One fsync then serves every ack=fsync request of that batch (group commit); such a
-batch waits first for up to as long as an fsync takes (at most 20 ms), so that the requests
-the last fsync answered can join it. Queued bytes count against the bound until they are on
-disk, so memory stays within it however slow the disk is.
+Each turn of the loop (_run) takes a batch (_take): the waiting requests, up to a megabyte;
+ack=queued ones may gather for up to 20 ms first, and a batch with ack=fsync requests waits
+as GroupCommit says. It appends each stream's share with one writev (_write, _append), frees
+the queue room and acknowledges ack=written requests (_release), then one fsync serves every
+ack=fsync request of the batch (_fsync). Queued bytes count against the bound until they are
+on disk, so memory stays within it however slow the disk is. An append that fails is kept and
+retried on a backoff, in order, while the other streams go on.
 """
 
 import errno
@@ -20,28 +21,31 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from service import metrics
 from service.files import LogFiles
-from service.settings import Ack
 
 log = logging.getLogger("logwriter")
 
+Ack = Literal["queued", "written", "fsync"]
+ACK_MODES: tuple[Ack, ...] = ("queued", "written", "fsync")
+
 _PILL: Final = None  # queued by stop(): everything before it is written, then the thread ends
-_RETRY_FIRST, _RETRY_MAX = 0.05, 2.0  # seconds between attempts at a failing disk
-# How long the thread lets ack=queued requests gather before it takes them as one batch: one
-# wake-up and one writev for many requests instead of one each. Nobody waits on such lines; a
-# request that does wait (ack=written/fsync) ends the wait at once. Measured with 1-line
-# requests: with no linger this thread cost 50 us of CPU per request, with 5 ms 15 us; with
-# 2 workers a worker then spent 16 us per request more than one that queued nothing, and
-# with 20 ms 6 us more. It also bounds the wait before an fsync batch (see _take).
+# How long ack=queued requests may gather before they are taken as one batch: one wake-up and
+# one writev for many. A request that waits for its lines, or a batch's worth, ends it at once.
 _LINGER = 0.02
-# At most this much is taken in one turn (a larger request alone is taken whole), and this much
-# waiting ends the linger. Bodies reach the page cache while still in the CPU's cache: with
-# 32 MiB batches of 1000-line bodies the writer cost 15% more CPU per line and p99 latency
-# was 190 ms; with 1 MiB, 60 ms (measured, 2 workers; README, Speed).
+# At most this much is taken in one turn (a larger request alone is taken whole): bodies reach
+# the page cache while still in the CPU's cache, and queue room comes back sooner.
 _BATCH_BYTES = 1 << 20
+
+
+def parse_ack(text: str) -> Ack:
+    """The ack mode `text` names; ValueError saying what is allowed if it names none."""
+    for mode in ACK_MODES:
+        if mode == text:
+            return mode
+    raise ValueError(f"must be one of {', '.join(ACK_MODES)}, got {text!r}")
 
 
 class QueueFull(Exception):
@@ -66,8 +70,8 @@ class Entry:
     ack: Ack = "queued"
     finished: bool = field(init=False, default=False)
     error: str | None = field(init=False, default=None)
-    # Held from creation until finish(). A bare lock, not an Event: a hand-off between two
-    # threads costs 13.6 us of CPU against an Event's 21 (measured).
+    # Held from creation until finish(): a bare lock hands off between threads more cheaply
+    # than an Event.
     _unfinished: "threading.Lock | None" = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -91,6 +95,12 @@ class Entry:
 
 
 class Writer:
+    """One worker process's queue of requests and the thread that writes them to LogFiles.
+
+    Request threads put() entries; the writer thread alone touches the files. `limit_bytes`
+    bounds what is queued or being written, so a stalled disk makes put() wait, then refuse.
+    """
+
     def __init__(self, files: LogFiles, limit_bytes: int) -> None:
         self._files = files
         self._limit = limit_bytes
@@ -100,20 +110,16 @@ class Writer:
         self._queue: deque[Entry | None] = deque()
         self._pending_bytes = 0  # queued or being written: what the bound applies to
         self._pending_lines = 0
-        self._closed = False
-        self._hurry = False  # someone waits on what is queued: take it without lingering
-        self._fsyncs_queued = 0  # ack=fsync requests in the queue
-        # The writer thread's alone: what an fsync takes (a moving average), and how many
-        # requests the last one served.
-        self._fsync_seconds = 0.0
-        self._fsync_served = 0
+        self._urgent = False  # something queued ends the linger: take it at once
+        self._stopped = False  # set with the pill (or when the thread fails): puts are refused
         # Set when a put gave up for want of room, cleared once the queue is half empty again:
         # readiness drops while a worker turns requests away, and does not flap at the edge.
         self._overloaded = False
+        self._group_commit = GroupCommit()
+        # The writer thread's alone: what could not be written yet, per stream in order.
+        self._unwritten: dict[str, _Share] = {}
+        self._retry = Backoff()
         self._disk_error: str | None = None  # the last append failed with this; retrying
-        self._unwritten: dict[str, _Share] = {}  # streams whose append failed, kept in order
-        self._retry_delay = _RETRY_FIRST
-        self._retry_at = 0.0  # monotonic time of the next attempt at what is unwritten
         self._thread: threading.Thread | None = None
 
     @property
@@ -124,16 +130,13 @@ class Writer:
         """Why new lines cannot be taken and written right now, or None if they can."""
         if not self.alive:
             return "writer thread is not running"
-        if self._closed:
+        if self._stopped:
             return "writer is stopping"
         if self._disk_error is not None:
             return f"writing to disk fails: {self._disk_error}"
         if self._overloaded or self._pending_bytes >= self._limit:
             return "queue is full"
         return None
-
-    def _publish_readiness(self) -> None:
-        metrics.writer_ready.set(self.unready_reason() is None)
 
     def start(self) -> None:
         metrics.queue_limit_bytes.set(self._limit)
@@ -147,32 +150,26 @@ class Writer:
             # A request always fits an empty queue, so a large one cannot wait forever.
             has_room = self._not_full.wait_for(
                 lambda: (
-                    self._closed
+                    self._stopped
                     or self._pending_bytes == 0
                     or self._pending_bytes + size <= self._limit
                 ),
                 timeout,
             )
-            if self._closed:
+            if self._stopped:
                 raise WriterStopped
             if not has_room:
                 self._overloaded = True
-                metrics.writer_ready.set(0)
+                self._publish_readiness()
                 raise QueueFull
-            was_empty = not self._queue
-            self._queue.append(entry)
             self._pending_bytes += size
             self._pending_lines += entry.lines
             if entry.ack == "fsync":
-                self._fsyncs_queued += 1
+                self._group_commit.queued += 1
             urgent = entry.ack != "queued" or self._pending_bytes >= min(
                 _BATCH_BYTES, self._limit // 2
             )
-            # The thread is woken once: for the first request, or the first that ends its
-            # linger. More would only interrupt a wait for an fsync batch (see _take).
-            if was_empty or (urgent and not self._hurry):
-                self._not_empty.notify()
-            self._hurry = self._hurry or urgent
+            self._enqueue(entry, urgent)
         metrics.lines_received.inc(entry.lines)
         metrics.queue_depth.inc(entry.lines)
         metrics.queue_bytes.inc(size)
@@ -180,16 +177,28 @@ class Writer:
     def stop(self) -> None:
         """Write everything queued so far, sync and close the files, and end the thread."""
         with self._lock:
-            self._closed = True
-            self._hurry = True
+            self._stopped = True
             queued = self._pending_lines
-            self._queue.append(_PILL)
-            self._not_empty.notify()
+            self._enqueue(_PILL, urgent=True)
+            self._not_empty.notify()  # the pill also ends a group commit's wait
             self._not_full.notify_all()  # waiting producers get WriterStopped
-        metrics.writer_ready.set(0)
+        self._publish_readiness()
         if self._thread is not None:
             self._thread.join()
         log.info("writer stopped: drained %d queued lines, files synced and closed", queued)
+
+    def _enqueue(self, item: Entry | None, urgent: bool) -> None:
+        """Append to the queue, holding the lock, and wake the thread if it must look."""
+        was_empty = not self._queue
+        self._queue.append(item)
+        # Once: for the first item, or the first that ends the linger. More would only
+        # interrupt a group commit's wait.
+        if was_empty or (urgent and not self._urgent):
+            self._not_empty.notify()
+        self._urgent = self._urgent or urgent
+
+    def _publish_readiness(self) -> None:
+        metrics.writer_ready.set(self.unready_reason() is None)
 
     def _run(self) -> None:
         metrics.writer_alive.set(1)
@@ -200,8 +209,7 @@ class Writer:
             # After the pill nothing more is queued; what a failing disk left over is retried
             # until it is written (or Gunicorn's graceful timeout ends the process).
             while not (stopping and not self._unwritten):
-                retry_in = max(0.0, self._retry_at - time.monotonic())
-                batch = self._take(timeout=retry_in if self._unwritten else None)
+                batch = self._take(self._retry.seconds_left() if self._unwritten else None)
                 stopping = stopping or _PILL in batch
                 self._write([entry for entry in batch if entry is not _PILL])
             self._files.close()
@@ -209,25 +217,16 @@ class Writer:
             self._fail(exc, batch)
         finally:
             metrics.writer_alive.set(0)
-            metrics.writer_ready.set(0)
+            self._publish_readiness()
 
     def _take(self, timeout: float | None) -> list[Entry | None]:
+        """The next batch, once something is queued (or [] after `timeout` seconds)."""
         with self._lock:
             if self._not_empty.wait_for(lambda: self._queue, timeout):
-                self._not_empty.wait_for(lambda: self._hurry, _LINGER)
-                if self._fsyncs_queued and self._fsync_served > 1:
-                    # Up to as long as an fsync takes: the requests the last one answered come
-                    # back meanwhile and share the next. Taking each batch at once, batches
-                    # alternated between those and the requests that arrived during an fsync,
-                    # so one fsync served about half the request threads. Measured, 1-line
-                    # requests, 32 connections and threads, a disk capped at 100 write IOPS:
-                    # 7.3 -> 18.5 requests per fsync (5.9x -> 11x the naive app's fsync per
-                    # request); on this machine's disk, 0.2 ms fsyncs: 2.8 -> 4.5. Where the
-                    # last fsync served one request, no one else is likely to come: a lone
-                    # client's request is not held up. The other requests of the batch
-                    # (ack=written too) wait with it.
-                    gather = min(self._fsync_seconds, _LINGER)
-                    self._not_empty.wait_for(lambda: self._closed, gather)
+                self._not_empty.wait_for(lambda: self._urgent, _LINGER)
+                gather = self._group_commit.wait_seconds()
+                if gather:
+                    self._not_empty.wait_for(lambda: self._queue[-1] is _PILL, gather)
             batch: list[Entry | None] = []
             size = 0
             while self._queue and size < _BATCH_BYTES:
@@ -236,8 +235,8 @@ class Writer:
                 if entry is not _PILL:
                     size += len(entry.data)
                     if entry.ack == "fsync":
-                        self._fsyncs_queued -= 1
-            self._hurry = bool(self._queue)  # what is left has waited already: no linger
+                        self._group_commit.queued -= 1
+            self._urgent = bool(self._queue)  # what is left has waited already: no linger
         return batch
 
     def _write(self, entries: list[Entry]) -> None:
@@ -245,7 +244,7 @@ class Writer:
         shares, self._unwritten = self._unwritten, {}
         for entry in entries:
             shares.setdefault(entry.stream, _Share()).add(entry)
-        retry_now = time.monotonic() >= self._retry_at
+        retry_now = self._retry.due()
         written: dict[str, _Share] = {}
         try:
             with self._files.exclusive():
@@ -261,10 +260,9 @@ class Writer:
                     share.failed = True
                     self._unwritten[stream] = share
         if self._unwritten and retry_now:
-            self._retry_at = time.monotonic() + self._retry_delay
-            self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX)
+            self._retry.failed()
         elif not self._unwritten:
-            self._retry_delay = _RETRY_FIRST
+            self._retry.reset()
             self._disk_error = None
         if entries:
             metrics.batch_lines.observe(sum(entry.lines for entry in entries))
@@ -282,7 +280,7 @@ class Writer:
         Otherwise the share waits and the other streams go on.
         """
         started = time.perf_counter()
-        delay = _RETRY_FIRST
+        cut_retry = Backoff()
         while True:
             try:
                 self._files.append(stream, share.buffers)  # on error, only the rest remains
@@ -292,11 +290,15 @@ class Writer:
                 share.failed = True
                 if not isinstance(share.buffers[0], memoryview):
                     return False  # no request is half-written
-                time.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
+                time.sleep(cut_retry.failed())
+        self._release(share)
+        metrics.write_seconds.observe(time.perf_counter() - started)
+        return True
+
+    def _release(self, share: "_Share") -> None:
+        """A share is in its file: free its queue room and answer its ack=written requests."""
         size = sum(len(entry.data) for entry in share.entries)
         lines = sum(entry.lines for entry in share.entries)
-        # Bookkeeping and acks first: the lines are on disk whatever happens next.
         with self._lock:
             self._pending_bytes -= size
             self._pending_lines -= lines
@@ -306,17 +308,15 @@ class Writer:
         for entry in share.entries:
             if entry.ack == "written":
                 entry.finish()
-        metrics.write_seconds.observe(time.perf_counter() - started)
         metrics.lines_written.inc(lines)
         metrics.bytes_written.inc(size)
         metrics.queue_depth.dec(lines)
         metrics.queue_bytes.dec(size)
-        return True
 
     def _record_error(self, where: str, exc: OSError) -> None:
         # The disk is full or failing: the lines stay queued and are tried again.
         self._disk_error = _describe(exc)
-        metrics.writer_ready.set(0)
+        self._publish_readiness()
         metrics.writer_errors.labels(kind=_kind(exc)).inc()
         log.error("appending to %s failed, will retry: %s", where, exc)
 
@@ -333,16 +333,11 @@ class Writer:
             # so a second fsync could succeed without the data being on disk.
             error = f"fsync failed: {_describe(exc)}; the lines may be in the file"
             self._disk_error = error
-            metrics.writer_ready.set(0)
+            self._publish_readiness()
             metrics.writer_errors.labels(kind=_kind(exc)).inc()
             log.error("fsync of %s failed: %s", ", ".join(waiting), exc)
         took = time.perf_counter() - started
-        # Over the last ten or so: a disk's fsyncs can take 0.2 ms one time and 100 the next.
-        # Not clamped: counting each as at most 20 ms made the wait too short on such a disk
-        # (bench, capped disk: 12x -> 9.8x the naive app). After a stall of seconds the wait
-        # stays at its 20 ms cap for some fifteen fsyncs; that is the price.
-        self._fsync_seconds += (took - self._fsync_seconds) * 0.2
-        self._fsync_served = sum(len(group) for group in waiting.values())
+        self._group_commit.fsynced(took, served=sum(len(group) for group in waiting.values()))
         metrics.fsync_seconds.observe(took)
         for group in waiting.values():
             for entry in group:
@@ -354,13 +349,67 @@ class Writer:
         metrics.writer_errors.labels(kind=type(exc).__name__).inc()
         unwritten = [entry for share in self._unwritten.values() for entry in share.entries]
         with self._lock:
-            self._closed = True
+            self._stopped = True
             abandoned = [e for e in (*unwritten, *batch, *self._queue) if e is not _PILL]
             self._queue.clear()
             self._not_full.notify_all()
         for entry in abandoned:
             if entry.ack != "queued" and not entry.finished:
                 entry.finish(f"writer failed: {exc!r}")
+
+
+@dataclass(slots=True)
+class GroupCommit:
+    """How long a batch with ack=fsync requests waits before it is taken.
+
+    Taken at once, batches alternate between the requests that came during an fsync and those
+    it just answered, so one fsync serves about half the waiting requests. So such a batch
+    waits up to as long as an fsync takes (never past the linger) for those to come back and
+    share the next. After an fsync that served one request nobody else is likely to come:
+    a lone client is not held up. The batch's other requests wait with it.
+    """
+
+    queued: int = 0  # ack=fsync requests in the queue; kept under the writer's lock
+    fsync_seconds: float = 0.0  # a moving average over about the last ten
+    last_served: int = 0  # requests the last fsync answered
+
+    def wait_seconds(self) -> float:
+        if not self.queued or self.last_served <= 1:
+            return 0.0
+        return min(self.fsync_seconds, _LINGER)
+
+    def fsynced(self, seconds: float, served: int) -> None:
+        # Not clamped: a disk's fsync can take 0.2 ms one time and 100 the next, and the wait
+        # must follow the slow ones too.
+        self.fsync_seconds += (seconds - self.fsync_seconds) * 0.2
+        self.last_served = served
+
+
+class Backoff:
+    """The spacing of attempts at a failing disk: from 50 ms, doubling, up to 2 s apart."""
+
+    FIRST, MOST = 0.05, 2.0
+
+    def __init__(self) -> None:
+        self._delay = self.FIRST
+        self._next_at = 0.0  # monotonic time of the next attempt
+
+    def failed(self) -> float:
+        """An attempt failed: the seconds until the next one, which is now due then."""
+        delay = self._delay
+        self._delay = min(delay * 2, self.MOST)
+        self._next_at = time.monotonic() + delay
+        return delay
+
+    def reset(self) -> None:
+        self._delay = self.FIRST
+        self._next_at = 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next_at
+
+    def seconds_left(self) -> float:
+        return max(0.0, self._next_at - time.monotonic())
 
 
 @dataclass(eq=False, slots=True)

@@ -55,6 +55,18 @@ def test_no_content_type_is_text_and_no_stream_is_default(app: Flask, client: Fl
     assert (logs / "default.log").read_bytes() == b"x\ny\n"
 
 
+def test_curls_default_form_type_is_text_stored_as_sent(app: Flask, client: FlaskClient):
+    # What `curl -d` and `--data-binary` send unless told otherwise; no form decoding.
+    body = b"a+b=c%20d&e\r\nsecond\n"
+    answer = client.post(
+        "/v1/logs/form", data=body, content_type="application/x-www-form-urlencoded"
+    )
+    assert (answer.status_code, answer.json) == (202, {"accepted": 2})
+    stop(app)
+    logs = Path(app.extensions["logwriter"].settings.dir)
+    assert (logs / "form.log").read_bytes() == b"a+b=c%20d&e\nsecond\n"
+
+
 @pytest.mark.parametrize("ack", ["written", "fsync"])
 def test_ack_modes_answer_200_once_on_disk(client: FlaskClient, tmp_path: Path, ack: str):
     answer = client.post(f"/v1/logs/s?ack={ack}", data=b"a\nb\n")
