@@ -44,6 +44,8 @@ class Runtime:
 
 
 class RestOfPath(PathConverter):
+    """The rest of the URL path, whatever it holds, so the stream name check sees it all."""
+
     regex = "(?s:.*)"  # newlines too ("%0A"): without the flag, such a name got a 404
     part_isolating = False  # may span "/": Werkzeug would guess otherwise from the regex
 

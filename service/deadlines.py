@@ -17,6 +17,8 @@ _TICK = 0.25  # how often the watchdog looks, in seconds
 
 
 class BodyDeadlines:
+    """The watchdog of one worker: watch(sock) gives a body `seconds` to arrive in whole."""
+
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
         self._lock = threading.Lock()

@@ -33,6 +33,12 @@ class _Open:
 
 
 class LogFiles:
+    """The stream files of one log folder, as the writer thread appends to them.
+
+    Per batch: exclusive() around the appends, append() per stream, fsync() for the streams
+    whose requests wait for it, then end_batch(); close() at the end.
+    """
+
     def __init__(self, directory: Path, template: str = "{stream}.log", max_open: int = 256):
         self._dir = directory
         self._template = template
