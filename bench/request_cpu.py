@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
 def measure(lines: int, body_kind: str, top: int) -> None:
     from werkzeug.test import EnvironBuilder
 
-    from bench.__main__ import Case, make_body
     from bench.naive import app as naive
+    from bench.workloads import Case, make_body
     from service.app import create_app
     from service.settings import Settings
 
