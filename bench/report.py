@@ -12,7 +12,8 @@ from typing import Any
 
 from bench import overload
 from bench.contenders import RAW_DISK
-from bench.workloads import DURABLE_CONNS, LINE_BYTES, SIZES, THREADS, WORKERS, Case
+from bench.targets import CONTENDER_RATIOS, WORKER_SCALING
+from bench.workloads import LINE_BYTES, SIZES, THREADS, WORKERS, Case
 
 Runs = list[dict[str, float]]  # one measurement per round
 Results = dict[tuple[Case, str], Runs]  # by case and contender name
@@ -55,55 +56,57 @@ def table(results: Results) -> str:
 
 
 def targets(results: Results) -> list[str]:
-    """Each target of issue 5 as a ratio between contenders of the same run."""
-
-    def rate(case: Case, name: str) -> float | None:
-        runs = results.get((case, name))
-        return median(runs, "lines_per_s") if runs else None
-
+    """The targets of bench.targets, evaluated: a line with its verdict for each ratio this run
+    measured."""
     checks = []
-
-    def check(what: str, ratio: float | None, goal: float) -> None:
-        if ratio is None:
-            return
-        verdict = "met" if ratio >= goal else f"MISSED by {(goal - ratio) / goal:.1%}"
-        checks.append(f"- {what}: {ratio:.2f}x (target >= {goal:g}x): {verdict}")
-
-    def ratio(case: Case, a: str, b: str) -> float | None:
-        x, y = rate(case, a), rate(case, b)
-        return x / y if x is not None and y else None
-
-    cases = {case for case, _ in results}
-    for case in sorted(cases, key=str):
-        if case.lines == 1000:
-            check(f"{case}: logwriter / nginx ceiling", ratio(case, "logwriter", "nginx"), 0.5)
-            check(f"{case}: logwriter / naive", ratio(case, "logwriter", "naive"), 1.0)
-        if case.lines == 1 and case.conns == 32:
-            check(f"{case}: logwriter / naive", ratio(case, "logwriter", "naive"), 1.0)
-        if case.conns == DURABLE_CONNS:
-            f = ratio(case, "logwriter-fsync", "naive-fsync")
-            check(f"{case}: logwriter ack=fsync / naive fsync", f, 10)
-            grouped = results.get((case, "logwriter-fsync"), [])
-            if grouped and all("requests_per_fsync" in run for run in grouped):
-                checks.append(
-                    f"  - group commit: {median(grouped, 'requests_per_fsync'):.1f} requests "
-                    "per fsync for logwriter, 1 for the naive app"
-                )
-            w = ratio(case, "logwriter-written", "logwriter")
-            check(f"{case}: logwriter ack=written / ack=queued", w, 0.8)
+    for case in sorted({case for case, _ in results}, key=str):
+        for target in CONTENDER_RATIOS:
+            if target.applies(case):
+                ratio = lines_ratio(results, (case, target.numerator), (case, target.denominator))
+                checks += verdict(f"{case}: {target.what}", ratio, target.goal)
+                if target.group_commit:
+                    checks += group_commit(results.get((case, target.numerator), []))
     cores = usable_cores()
-    for lines in SIZES:
-        for fewer, more in itertools.pairwise(WORKERS):
-            if more <= cores:  # "grows with workers up to the core count"
-                scaling = ratio_across(results, Case(lines, 32, more), Case(lines, 32, fewer))
-                what = f"scaling, {lines} lines/req, {fewer} → {more} workers ({cores} cores)"
-                check(f"{what}: logwriter", scaling, 1.0)
+    for scaling in WORKER_SCALING:
+        for lines in SIZES:
+            for fewer, more in itertools.pairwise(WORKERS):
+                if more <= cores:
+                    ratio = lines_ratio(
+                        results,
+                        (Case(lines, scaling.conns, more), scaling.contender),
+                        (Case(lines, scaling.conns, fewer), scaling.contender),
+                    )
+                    what = f"scaling, {lines} lines/req, {fewer} → {more} workers ({cores} cores)"
+                    checks += verdict(f"{what}: {scaling.contender}", ratio, scaling.goal)
     return checks
 
 
-def ratio_across(results: Results, a: Case, b: Case) -> float | None:
-    x, y = results.get((a, "logwriter")), results.get((b, "logwriter"))
-    return median(x, "lines_per_s") / median(y, "lines_per_s") if x and y else None
+def lines_ratio(
+    results: Results, numerator: tuple[Case, str], denominator: tuple[Case, str]
+) -> float | None:
+    """Median lines/s of one case and contender over another's; None unless both ran and the
+    second wrote anything."""
+    above, below = results.get(numerator), results.get(denominator)
+    if not above or not below or not median(below, "lines_per_s"):
+        return None
+    return median(above, "lines_per_s") / median(below, "lines_per_s")
+
+
+def verdict(what: str, ratio: float | None, goal: float) -> list[str]:
+    if ratio is None:
+        return []
+    met = "met" if ratio >= goal else f"MISSED by {(goal - ratio) / goal:.1%}"
+    return [f"- {what}: {ratio:.2f}x (target >= {goal:g}x): {met}"]
+
+
+def group_commit(runs: Runs) -> list[str]:
+    """Requests per fsync, when every round counted them."""
+    if not runs or not all("requests_per_fsync" in run for run in runs):
+        return []
+    return [
+        f"  - group commit: {median(runs, 'requests_per_fsync'):.1f} requests per fsync for "
+        "logwriter, 1 for the naive app"
+    ]
 
 
 def plots(results: Results, out: Path) -> list[str]:
