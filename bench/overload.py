@@ -29,7 +29,7 @@ from typing import Any
 from bench.disks import loop_mounted_ext4
 
 QUEUE_MIB = 16
-RSS_ALLOWANCE_MIB = 64  # the interpreter, Flask, Gunicorn and bodies being read (measured ~45)
+RSS_ALLOWANCE_MIB = 64  # the interpreter, Flask, Gunicorn, and the bodies being read
 LINES_PER_REQUEST = 1000
 FROZEN_S, THAWED_S = 2.5, 0.25
 LINE_BYTES = 200
