@@ -46,11 +46,11 @@ def measure(lines: int, body_kind: str, top: int) -> None:
 
     from bench.naive import app as naive
     from bench.workloads import Case, make_body
-    from service.app import create_app
+    from service.app import create_app, runtime
     from service.settings import Settings
 
     logwriter = create_app(Settings.from_env())
-    writer = logwriter.extensions["logwriter"].writer
+    writer = runtime(logwriter).writer
     case = Case(lines, conns=1, workers=1, body=body_kind)  # only lines and body matter here
     body = make_body(case)
     environ = EnvironBuilder(
