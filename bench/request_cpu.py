@@ -5,7 +5,7 @@ Gunicorn, no sockets), in interleaved trials. It prints each app's CPU per reque
 minimum over the trials: the least disturbed), how much of logwriter's its writer thread
 spent, and a cProfile of logwriter's request thread: by own time, then its own functions by
 cumulative time. Under Gunicorn a request costs several times more (its gthread loop and the
-GIL hand-offs between threads, shared by both apps: README, Speed); what this shows is the
+GIL hand-offs between threads, shared by both apps: docs/performance.md); what this shows is the
 part that is the apps' own.
 
     python -m bench.request_cpu [--lines N] [--body text|ndjson] [--top K]

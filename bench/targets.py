@@ -1,4 +1,4 @@
-"""The targets of issue 5, as data: which two medians of lines/s each one compares, and the
+"""The speed targets, as data: which two medians of lines/s each one compares, and the
 ratio between them it sets as the goal. bench.report evaluates them."""
 
 from dataclasses import dataclass

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 LINE_BYTES = 200
 THREADS = 8  # request threads per worker, the same for logwriter and the naive app
-# The workloads issue 5 names; the default run crosses only some of them (full_cases).
+# The workloads the targets are set on; the default run crosses only some of them (full_cases).
 BODIES = ("text", "ndjson")
 SIZES = (1, 100, 1000)  # lines per body
 CONNECTIONS = (1, 8, 32, 128)
