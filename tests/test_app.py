@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from service.app import create_app
+from service.app import create_app, runtime
 from service.files import LogFiles
 from service.settings import Settings
 from service.writer import Writer
@@ -23,7 +23,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def app(settings: Settings) -> Iterator[Flask]:
     app = create_app(settings)
-    writer = app.extensions["logwriter"].writer
+    writer = runtime(app).writer
     writer.start()
     yield app
     writer.stop()
@@ -35,7 +35,7 @@ def client(app: Flask) -> FlaskClient:
 
 
 def stop(app: Flask) -> None:
-    app.extensions["logwriter"].writer.stop()
+    runtime(app).writer.stop()
 
 
 def test_text_is_queued_then_written(app: Flask, client: FlaskClient, tmp_path: Path):
@@ -51,7 +51,7 @@ def test_no_content_type_is_text_and_no_stream_is_default(app: Flask, client: Fl
     named = client.post("/v1/logs/default?ack=written", data=b"y\n")  # served, not redirected
     assert (named.status_code, named.json) == (200, {"accepted": 1})
     stop(app)
-    logs = Path(app.extensions["logwriter"].settings.dir)
+    logs = Path(runtime(app).settings.dir)
     assert (logs / "default.log").read_bytes() == b"x\ny\n"
 
 
@@ -63,7 +63,7 @@ def test_curls_default_form_type_is_text_stored_as_sent(app: Flask, client: Flas
     )
     assert (answer.status_code, answer.json) == (202, {"accepted": 2})
     stop(app)
-    logs = Path(app.extensions["logwriter"].settings.dir)
+    logs = Path(runtime(app).settings.dir)
     assert (logs / "form.log").read_bytes() == b"a+b=c%20d&e\nsecond\n"
 
 
@@ -76,7 +76,7 @@ def test_ack_modes_answer_200_once_on_disk(client: FlaskClient, tmp_path: Path, 
 
 def test_default_ack_mode_comes_from_settings(tmp_path: Path):
     app = create_app(Settings(dir=tmp_path, ack="written"))
-    app.extensions["logwriter"].writer.start()
+    runtime(app).writer.start()
     try:
         answer = app.test_client().post("/v1/logs/s", data=b"a\n")
         assert answer.status_code == 200

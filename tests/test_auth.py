@@ -7,7 +7,7 @@ import pytest
 from conftest import start_service, stop_service
 from flask.testing import FlaskClient
 
-from service.app import create_app
+from service.app import create_app, runtime
 from service.auth import BearerTokens
 from service.settings import Settings, SettingsError
 
@@ -17,7 +17,7 @@ TOKENS = ("s3cret-one", "other-Token_2")
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[FlaskClient]:
     app = create_app(Settings(dir=tmp_path, tokens=TOKENS))
-    writer = app.extensions["logwriter"].writer
+    writer = runtime(app).writer
     writer.start()
     yield app.test_client()
     writer.stop()

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from service.parsing import Rejected, check_stream_name, count_lines, parse_body, read_body
+from service.parsing import check_stream_name, count_lines, parse_body, read_body
+from service.refusals import Rejected
 
 MAX_LINE = 1 << 20
 

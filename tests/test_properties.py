@@ -6,7 +6,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.parsing import Rejected, parse_body
+from service.parsing import parse_body
+from service.refusals import Rejected
 
 MAX_LINE = 64
 TYPES = ["text/plain", "", "application/x-ndjson", "application/json"]

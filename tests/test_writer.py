@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from service import writer as writer_module
 from service.files import LogFiles
-from service.writer import Entry, QueueFull, WriteFailed, Writer, WriterStopped
+from service.writer import Ack, Entry, QueueFull, WriteFailed, Writer, WriterStopped
 
 
 class GatedFiles(LogFiles):
@@ -48,9 +48,9 @@ def writer(files: GatedFiles) -> Iterator[Writer]:
     started.stop()
 
 
-def entry(stream: str, *lines: str, ack: str = "queued") -> Entry:
+def entry(stream: str, *lines: str, ack: Ack = "queued") -> Entry:
     data = "".join(f"{line}\n" for line in lines).encode()
-    return Entry(stream, data, len(lines), ack)  # type: ignore[arg-type]
+    return Entry(stream, data, len(lines), ack)
 
 
 def sample(name: str, **labels: str) -> float:
