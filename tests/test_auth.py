@@ -4,8 +4,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import start_service, stop_service
 from flask.testing import FlaskClient
+from support import Logwriters, stop_service
 
 from service.app import create_app, runtime
 from service.auth import BearerTokens
@@ -104,19 +104,16 @@ def test_bad_token_settings_are_named(env: dict[str, str], words: str):
         Settings.from_env(env)
 
 
-def test_tokens_never_reach_the_log(tmp_path: Path):
-    service = start_service(
-        tmp_path,
-        env={"LOGWRITER_TOKENS": "tok-visible-nowhere", "GUNICORN_CMD_ARGS": "--access-logfile -"},
+def test_tokens_never_reach_the_log(start_logwriter: Logwriters):
+    service = start_logwriter(
+        env={"LOGWRITER_TOKENS": "tok-visible-nowhere", "GUNICORN_CMD_ARGS": "--access-logfile -"}
     )
-    try:
-        good = service.request(
-            "POST", "/v1/logs/a", b"x\n", {"Authorization": "Bearer tok-visible-nowhere"}
-        )
-        bad = service.request("POST", "/v1/logs/a", b"x\n", {"Authorization": "Bearer tok-guess"})
-        assert (good.status, bad.status) == (202, 401)
-    finally:
-        stop_service(service)
+    good = service.request(
+        "POST", "/v1/logs/a", b"x\n", {"Authorization": "Bearer tok-visible-nowhere"}
+    )
+    bad = service.request("POST", "/v1/logs/a", b"x\n", {"Authorization": "Bearer tok-guess"})
+    assert (good.status, bad.status) == (202, 401)
+    stop_service(service)  # its log complete
     log = service.log_text()
     assert '"POST /v1/logs/a HTTP/1.1" 202' in log  # the access log is on
     assert "tok-visible-nowhere" not in log and "tok-guess" not in log

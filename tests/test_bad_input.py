@@ -7,10 +7,9 @@ import json
 import os
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import Service, peak_rss_mib, start_service, stop_service
+from support import Service, peak_rss_mib, start_service, stop_service
 
 LIMITS = {"LOGWRITER_MAX_BODY_BYTES": "1MiB", "LOGWRITER_MAX_LINE_BYTES": "64KiB"}
 TEXT = {"Content-Type": "text/plain"}
@@ -142,17 +141,14 @@ def test_other_separators_stay_inside_their_line(limited: Service):
     (limited.dir / "separators.log").unlink()
 
 
-def test_a_gzip_bomb_costs_no_more_memory_than_the_body_limit(tmp_path: Path):
-    service = start_service(tmp_path)  # the default 8 MiB body limit
-    try:
-        (worker,) = service.worker_pids()
-        service.request("POST", "/v1/logs/warm?ack=written", b"warm\n" * 1000, TEXT)
-        before = peak_rss_mib(worker)
-        bomb = gzip_bomb(1 << 30)  # 1 GiB inflated, about 1 MiB on the wire
-        answer = service.request("POST", "/v1/logs/bomb", bomb, {"Content-Encoding": "gzip"})
-        assert answer.status == 413
-        grown_mib = peak_rss_mib(worker) - before
-        assert grown_mib < 8 * 1.5, f"peak RSS grew by {grown_mib:.1f} MiB for an 8 MiB limit"
-        assert not (service.dir / "bomb.log").exists()
-    finally:
-        stop_service(service)
+def test_a_gzip_bomb_costs_no_more_memory_than_the_body_limit(service: Service):
+    # The service fixture has the default 8 MiB body limit.
+    (worker,) = service.worker_pids()
+    service.request("POST", "/v1/logs/warm?ack=written", b"warm\n" * 1000, TEXT)
+    before = peak_rss_mib(worker)
+    bomb = gzip_bomb(1 << 30)  # 1 GiB inflated, about 1 MiB on the wire
+    answer = service.request("POST", "/v1/logs/bomb", bomb, {"Content-Encoding": "gzip"})
+    assert answer.status == 413
+    grown_mib = peak_rss_mib(worker) - before
+    assert grown_mib < 8 * 1.5, f"peak RSS grew by {grown_mib:.1f} MiB for an 8 MiB limit"
+    assert not (service.dir / "bomb.log").exists()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from support import free_port, wait_until
 from traffic import Load, check_files, request_body
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,18 +46,6 @@ def get(url: str) -> tuple[int, bytes]:
             return answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +84,9 @@ def prometheus_value(stack: Stack, expr: str) -> float | None:
 
 def test_compose_stack_end_to_end(stack: Stack, tmp_path: Path):
     base = f"http://127.0.0.1:{stack.logwriter_port}"
-    wait_until(lambda: get(f"{base}/readyz")[0] == 200, 120, "logwriter in its container")
+    wait_until(
+        lambda: get(f"{base}/readyz")[0] == 200, 120, "logwriter in its container", interval=0.5
+    )
 
     body = request_body(99, 0, 500)
     request = urllib.request.Request(
@@ -110,6 +100,7 @@ def test_compose_stack_end_to_end(stack: Stack, tmp_path: Path):
         lambda: (prometheus_value(stack, "sum(logwriter_lines_written_total)") or 0) >= 500,
         120,
         "Prometheus to report the lines written",
+        interval=0.5,
     )
     assert prometheus_value(stack, 'up{job="logwriter"}') == 1
     container = stack.container("logwriter")
@@ -117,13 +108,14 @@ def test_compose_stack_end_to_end(stack: Stack, tmp_path: Path):
         lambda: inspect(container, "{{.State.Health.Status}}") == "healthy",
         60,
         "the image's HEALTHCHECK to pass",
+        interval=0.5,
     )
     assert inspect(container, "{{.Config.User}}") == "logwriter"
 
     # Stop while clients are still posting: the drain must keep every acknowledged line.
     load = Load(stack.logwriter_port, clients=6).start()
     try:
-        wait_until(lambda: load.acked_lines() > 5_000, 60, "5,000 acknowledged lines")
+        wait_until(lambda: load.acked_lines() > 5_000, 60, "5,000 acknowledged lines", interval=0.5)
         stopping = time.monotonic()
         stack.compose("stop")
         stop_seconds = time.monotonic() - stopping

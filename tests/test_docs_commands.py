@@ -14,11 +14,11 @@ import gzip
 import json
 import re
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import Service, wait_until
 
 pytestmark = pytest.mark.service
 
@@ -85,7 +85,7 @@ def test_the_readme_has_curl_examples() -> None:
 
 @pytest.mark.tools  # curl
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.where for e in EXAMPLES])
-def test_example_works_as_written(example: Example, service, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_example_works_as_written(example: Example, service: Service, tmp_path: Path) -> None:
     assert ADDRESS in example.command, f"{example.where} does not talk to {ADDRESS}"
     folder = tmp_path / "cwd"
     folder.mkdir()
@@ -116,9 +116,12 @@ def test_example_works_as_written(example: Example, service, tmp_path: Path) -> 
 
     accepted = json.loads(answer)["accepted"]
     assert accepted > 0, "the example posted no line"
-    deadline = time.monotonic() + 5  # a 202 is answered before the write: it follows shortly
-    while len(_lines(log_file)) < len(before) + accepted and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # A 202 is answered before the write: it follows shortly.
+    wait_until(
+        lambda: len(_lines(log_file)) >= len(before) + accepted,
+        5,
+        lambda: f"{accepted} accepted lines in {log_file.name}: {_lines(log_file)[len(before) :]}",
+    )
     new = _lines(log_file)[len(before) :]
     assert len(new) == accepted, f"{accepted} accepted, {len(new)} in {log_file.name}: {new}"
     sent = example.command + "".join(INPUTS.values()) + _piped_in(example.command, folder)

@@ -1,7 +1,6 @@
 """A real full disk: a small tmpfs filled up under load, then freed. The writer keeps what it
 could not write, retries, and resumes by itself; nothing acknowledged is lost or doubled."""
 
-import contextlib
 import errno
 import re
 import subprocess
@@ -10,19 +9,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import Response, Service, start_service, stop_service, wait_until
+import pytest
+from support import Logwriters, Response, Service, stop_service, wait_until
 from traffic import Load, check_files
 
 
-@contextlib.contextmanager
-def small_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+@pytest.fixture
+def small_tmpfs(tmp_path: Path, start_logwriter: Logwriters) -> Iterator[Path]:
+    """An 8 MiB tmpfs, unmounted at teardown once the services that may write to it are
+    stopped (it depends on start_logwriter, whose teardown comes after its own)."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    yield mount
+    start_logwriter.stop_all()
+    subprocess.run(["umount", str(mount)], check=True)
 
 
 def fill(path: Path) -> None:
@@ -41,48 +42,45 @@ def errors(service: Service, kind: str) -> float:
     return float(match[1]) if match else 0.0
 
 
-def test_full_disk_loses_nothing_and_recovers_by_itself(tmp_path: Path):
-    with small_tmpfs(tmp_path, "8m") as disk:
-        service = start_service(
-            tmp_path,
-            workers=2,
-            log_dir=disk / "logs",
-            env={"LOGWRITER_QUEUE_BYTES": "2MiB", "LOGWRITER_MAX_BODY_BYTES": "1MiB"},
+def test_full_disk_loses_nothing_and_recovers_by_itself(
+    small_tmpfs: Path, start_logwriter: Logwriters
+):
+    disk = small_tmpfs
+    service = start_logwriter(
+        workers=2,
+        log_dir=disk / "logs",
+        env={"LOGWRITER_QUEUE_BYTES": "2MiB", "LOGWRITER_MAX_BODY_BYTES": "1MiB"},
+    )
+    load = Load(service.port, clients=4, max_lines=100).start()
+    fsync_answer: list[Response] = []
+    try:
+        wait_until(lambda: load.acked_lines() > 1_000, 60, "1,000 acknowledged lines")
+        fill(disk / "filler")
+        wait_until(lambda: errors(service, "ENOSPC") > 0, 30, "the writer to meet ENOSPC")
+        wait_until(
+            lambda: b"ENOSPC" in service.request("GET", "/readyz").body,
+            30,
+            "/readyz to report the full disk",
         )
-        load = Load(service.port, clients=4, max_lines=100).start()
-        fsync_answer: list[Response] = []
-        try:
-            wait_until(lambda: load.acked_lines() > 1_000, 60, "1,000 acknowledged lines")
-            fill(disk / "filler")
-            wait_until(lambda: errors(service, "ENOSPC") > 0, 30, "the writer to meet ENOSPC")
-            wait_until(
-                lambda: b"ENOSPC" in service.request("GET", "/readyz").body,
-                30,
-                "/readyz to report the full disk",
+        waiter = threading.Thread(
+            target=lambda: fsync_answer.append(
+                service.request("POST", "/v1/logs/fsynced?ack=fsync", b"durable\n")
             )
-            waiter = threading.Thread(
-                target=lambda: fsync_answer.append(
-                    service.request("POST", "/v1/logs/fsynced?ack=fsync", b"durable\n")
-                )
-            )
-            waiter.start()
-            wait_until(lambda: load.statuses.get(503, 0) > 0, 30, "503s once the queue is full")
-            assert not fsync_answer, "an ack=fsync request returned while the disk was full"
-            (disk / "filler").unlink()
-            freed = time.monotonic()
-            wait_until(
-                lambda: service.request("GET", "/readyz").status == 200, 30, "readiness again"
-            )
-            assert time.monotonic() - freed < 5, "took more than 5 s to resume"
-            waiter.join(30)
-            assert [answer.status for answer in fsync_answer] == [200]
-            acked_before = load.acked_lines()
-            wait_until(lambda: load.acked_lines() > acked_before + 1_000, 30, "lines accepted")
-        finally:
-            load.stop()
-        try:
-            wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
-        finally:
-            stop_service(service)
-        check_files([service.dir / "load.log"], load.acked)
-        assert (service.dir / "fsynced.log").read_bytes() == b"durable\n"
+        )
+        waiter.start()
+        wait_until(lambda: load.statuses.get(503, 0) > 0, 30, "503s once the queue is full")
+        assert not fsync_answer, "an ack=fsync request returned while the disk was full"
+        (disk / "filler").unlink()
+        freed = time.monotonic()
+        wait_until(lambda: service.request("GET", "/readyz").status == 200, 30, "readiness again")
+        assert time.monotonic() - freed < 5, "took more than 5 s to resume"
+        waiter.join(30)
+        assert [answer.status for answer in fsync_answer] == [200]
+        acked_before = load.acked_lines()
+        wait_until(lambda: load.acked_lines() > acked_before + 1_000, 30, "lines accepted")
+    finally:
+        load.stop()
+    wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
+    stop_service(service)
+    check_files([service.dir / "load.log"], load.acked)
+    assert (service.dir / "fsynced.log").read_bytes() == b"durable\n"

@@ -7,39 +7,36 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import start_service, stop_service
+from support import Logwriters
 
 TESTS = Path(__file__).resolve().parent
 DOCUMENT = TESTS.parent / "service" / "openapi.json"
 
 
-def test_schemathesis_finds_nothing(tmp_path: Path):
-    service = start_service(
-        tmp_path, env={"LOGWRITER_MAX_BODY_BYTES": "64KiB", "LOGWRITER_MAX_LINE_BYTES": "4KiB"}
+def test_schemathesis_finds_nothing(start_logwriter: Logwriters):
+    service = start_logwriter(
+        env={"LOGWRITER_MAX_BODY_BYTES": "64KiB", "LOGWRITER_MAX_LINE_BYTES": "4KiB"}
     )
-    try:
-        served = json.loads(service.request("GET", "/openapi.json").body)
-        assert served == json.loads(DOCUMENT.read_text())
-        result = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "schemathesis"),
-                "run",
-                f"http://127.0.0.1:{service.port}/openapi.json",
-                "--checks=all",
-                "--max-examples=100",
-                "--seed=20261125",
-                "--request-timeout=10",
-            ],
-            env={
-                **os.environ,
-                "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
-                "PYTHONPATH": str(TESTS),
-            },
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-        assert "5xx" not in service.log_text() and "Traceback" not in service.log_text()
-    finally:
-        stop_service(service)
+    served = json.loads(service.request("GET", "/openapi.json").body)
+    assert served == json.loads(DOCUMENT.read_text())
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"http://127.0.0.1:{service.port}/openapi.json",
+            "--checks=all",
+            "--max-examples=100",
+            "--seed=20261125",
+            "--request-timeout=10",
+        ],
+        env={
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+            "PYTHONPATH": str(TESTS),
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "5xx" not in service.log_text() and "Traceback" not in service.log_text()

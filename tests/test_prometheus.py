@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, start_service, stop_service
+from support import Logwriters, free_port, wait_until
 from traffic import Load, check_files
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -41,48 +41,49 @@ def scalar(port: int, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def test_prometheus_counts_every_line_on_disk(tmp_path: Path):
-    service = start_service(tmp_path, workers=2)
-    prometheus = None
+def test_prometheus_counts_every_line_on_disk(tmp_path: Path, start_logwriter: Logwriters):
+    service = start_logwriter(workers=2)
+    # The operator's own config and rules, pointed at this service and scraping faster.
+    config = (DEPLOY / "prometheus.yml").read_text()
+    config = config.replace("logwriter:8080", f"127.0.0.1:{service.port}")
+    config = config.replace("5s", "1s")
+    (tmp_path / "prometheus.yml").write_text(config)
+    shutil.copy(DEPLOY / "alerts.yml", tmp_path / "alerts.yml")
+    port = free_port()
+    with (tmp_path / "prometheus.out").open("wb") as out:
+        prometheus = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        # The operator's own config and rules, pointed at this service and scraping faster.
-        config = (DEPLOY / "prometheus.yml").read_text()
-        config = config.replace("logwriter:8080", f"127.0.0.1:{service.port}")
-        config = config.replace("5s", "1s")
-        (tmp_path / "prometheus.yml").write_text(config)
-        shutil.copy(DEPLOY / "alerts.yml", tmp_path / "alerts.yml")
-        port = free_port()
-        with (tmp_path / "prometheus.out").open("wb") as out:
-            prometheus = subprocess.Popen(
-                [
-                    "prometheus",
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
         load = Load(service.port, clients=4).start()
         time.sleep(2)
         load.stop()
         on_disk = check_files(service.dir.glob("*.log"), load.acked)
         assert on_disk > 0
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                written = scalar(port, "sum(logwriter_lines_written_total)")
-                depth = scalar(port, "sum(logwriter_queue_depth)")
-            except OSError:
-                written = depth = None
-            if (written, depth) == (on_disk, 0):
-                break
-            assert time.monotonic() < deadline, (
-                f"Prometheus says written={written} depth={depth}, disk has {on_disk}:\n"
+        said: dict[str, float | None] = {}
+
+        def counted_all() -> bool:
+            said["written"] = scalar(port, "sum(logwriter_lines_written_total)")
+            said["depth"] = scalar(port, "sum(logwriter_queue_depth)")
+            return (said["written"], said["depth"]) == (on_disk, 0)
+
+        wait_until(
+            counted_all,
+            60,
+            lambda: (
+                f"Prometheus to say written={on_disk} depth=0; it says {said}:\n"
                 + (tmp_path / "prometheus.out").read_text()[-3000:]
-            )
-            time.sleep(0.5)
+            ),
+            interval=0.5,
+        )
         assert scalar(port, 'up{job="logwriter"}') == 1
         assert scalar(port, "sum(logwriter_workers)") == 2
         assert scalar(port, "sum(logwriter_writer_ready)") == 2
@@ -96,7 +97,5 @@ def test_prometheus_counts_every_line_on_disk(tmp_path: Path):
             "LogwriterNotReady",
         }
     finally:
-        if prometheus is not None:
-            prometheus.terminate()
-            prometheus.wait(30)
-        stop_service(service)
+        prometheus.terminate()
+        prometheus.wait(30)

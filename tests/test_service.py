@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Service, loop_mounted_ext4, start_service, stop_service, wait_until
+from support import Logwriters, Service, frozen, stop_service, wait_until
 from traffic import Load, check_files
 
 STOPS = [
@@ -22,8 +22,10 @@ def drained_counts(service: Service) -> list[int]:
 
 
 @pytest.mark.parametrize(("sig", "group"), STOPS)
-def test_stop_mid_load_keeps_every_acknowledged_line(tmp_path: Path, sig: int, group: bool):
-    service = start_service(tmp_path, workers=2)
+def test_stop_mid_load_keeps_every_acknowledged_line(
+    start_logwriter: Logwriters, sig: int, group: bool
+):
+    service = start_logwriter(workers=2)
     load = Load(service.port).start()
     try:
         wait_until(lambda: load.acked_lines() > 20_000, 60, "20,000 acknowledged lines")
@@ -31,27 +33,24 @@ def test_stop_mid_load_keeps_every_acknowledged_line(tmp_path: Path, sig: int, g
         assert service.wait(60) == 0, service.log_text()
     finally:
         load.stop()
-        stop_service(service)
     check_files(service.dir.glob("*.log"), load.acked)
     assert len(drained_counts(service)) == 2, service.log_text()
     assert "Traceback" not in service.log_text()
 
 
 @pytest.mark.parametrize(("sig", "group"), STOPS)
-def test_stop_while_the_disk_stalls_drains_once_it_recovers(tmp_path: Path, sig: int, group: bool):
-    with loop_mounted_ext4(tmp_path) as disk:
-        service = start_service(
-            tmp_path,
-            workers=2,
-            log_dir=disk / "logs",
-            env={"LOGWRITER_QUEUE_BYTES": "2MiB", "LOGWRITER_MAX_BODY_BYTES": "1MiB"},
-        )
-        load = Load(service.port).start()
-        frozen = False
-        try:
-            wait_until(lambda: load.acked_lines() > 5_000, 60, "5,000 acknowledged lines")
-            subprocess.run(["fsfreeze", "--freeze", str(disk)], check=True)
-            frozen = True
+def test_stop_while_the_disk_stalls_drains_once_it_recovers(
+    ext4_disk: Path, start_logwriter: Logwriters, sig: int, group: bool
+):
+    service = start_logwriter(
+        workers=2,
+        log_dir=ext4_disk / "logs",
+        env={"LOGWRITER_QUEUE_BYTES": "2MiB", "LOGWRITER_MAX_BODY_BYTES": "1MiB"},
+    )
+    load = Load(service.port).start()
+    try:
+        wait_until(lambda: load.acked_lines() > 5_000, 60, "5,000 acknowledged lines")
+        with frozen(ext4_disk):
             # The disk takes nothing: the queues fill, readiness drops and requests get 503.
             wait_until(lambda: load.statuses.get(503, 0) > 0, 30, "a 503 from a full queue")
             wait_until(
@@ -62,59 +61,47 @@ def test_stop_while_the_disk_stalls_drains_once_it_recovers(tmp_path: Path, sig:
             service.signal(sig, group)
             time.sleep(2)
             assert service.proc.poll() is None, "exited before its queue reached the disk"
-            subprocess.run(["fsfreeze", "--unfreeze", str(disk)], check=True)
-            frozen = False
-            assert service.wait(60) == 0, service.log_text()
-        finally:
-            if frozen:
-                subprocess.run(["fsfreeze", "--unfreeze", str(disk)], check=True)
-            load.stop()
-            stop_service(service)
-        check_files(service.dir.glob("*.log"), load.acked)
+        assert service.wait(60) == 0, service.log_text()
+    finally:
+        load.stop()
+    check_files(service.dir.glob("*.log"), load.acked)
     drained = drained_counts(service)
     assert len(drained) == 2 and sum(drained) > 0, service.log_text()
 
 
-def test_metrics_add_up_across_workers_after_load(tmp_path: Path):
-    service = start_service(tmp_path, workers=2)
+def test_metrics_add_up_across_workers_after_load(start_logwriter: Logwriters):
+    service = start_logwriter(workers=2)
+    load = Load(service.port, clients=6).start()
+    time.sleep(3)
+    load.stop()
+    wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
+    on_disk = check_files(service.dir.glob("*.log"), load.acked)
+    assert on_disk == load.acked_lines() > 0
+    assert service.metric("logwriter_lines_written_total") == on_disk
+    assert service.metric("logwriter_lines_received_total") == on_disk
+    assert service.metric("logwriter_queue_bytes") == 0
+    assert service.metric("logwriter_writer_alive") == 2
+    total_bytes = sum(path.stat().st_size for path in service.dir.glob("*.log"))
+    assert service.metric("logwriter_bytes_written_total") == total_bytes
+    exposition = service.request("GET", "/metrics").body
+    lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True)
+    assert (lint.returncode, lint.stdout + lint.stderr) == (0, b"")
+
+
+def test_hup_restarts_workers_gracefully_without_losing_a_line(start_logwriter: Logwriters):
+    service = start_logwriter(workers=2)
+    load = Load(service.port, clients=6).start()
     try:
-        load = Load(service.port, clients=6).start()
-        time.sleep(3)
+        wait_until(lambda: load.acked_lines() > 5_000, 60, "5,000 acknowledged lines")
+        service.signal(signal.SIGHUP)
+        wait_until(lambda: len(drained_counts(service)) == 2, 60, "the old workers to drain")
+        wait_until(lambda: service.metric("logwriter_writer_alive") == 2, 30, "new workers")
+        acked_before = load.acked_lines()
+        wait_until(lambda: load.acked_lines() > acked_before + 2_000, 60, "lines after HUP")
+    finally:
         load.stop()
-        wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
-        on_disk = check_files(service.dir.glob("*.log"), load.acked)
-        assert on_disk == load.acked_lines() > 0
-        assert service.metric("logwriter_lines_written_total") == on_disk
-        assert service.metric("logwriter_lines_received_total") == on_disk
-        assert service.metric("logwriter_queue_bytes") == 0
-        assert service.metric("logwriter_writer_alive") == 2
-        total_bytes = sum(path.stat().st_size for path in service.dir.glob("*.log"))
-        assert service.metric("logwriter_bytes_written_total") == total_bytes
-        exposition = service.request("GET", "/metrics").body
-        lint = subprocess.run(
-            ["promtool", "check", "metrics"], input=exposition, capture_output=True
-        )
-        assert (lint.returncode, lint.stdout + lint.stderr) == (0, b"")
-    finally:
-        stop_service(service)
-
-
-def test_hup_restarts_workers_gracefully_without_losing_a_line(tmp_path: Path):
-    service = start_service(tmp_path, workers=2)
-    try:
-        load = Load(service.port, clients=6).start()
-        try:
-            wait_until(lambda: load.acked_lines() > 5_000, 60, "5,000 acknowledged lines")
-            service.signal(signal.SIGHUP)
-            wait_until(lambda: len(drained_counts(service)) == 2, 60, "the old workers to drain")
-            wait_until(lambda: service.metric("logwriter_writer_alive") == 2, 30, "new workers")
-            acked_before = load.acked_lines()
-            wait_until(lambda: load.acked_lines() > acked_before + 2_000, 60, "lines after HUP")
-        finally:
-            load.stop()
-        wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
-        # child_exit retires the old workers' live gauges once the arbiter has reaped them.
-        wait_until(lambda: service.metric("logwriter_workers") == 2, 30, "2 live workers")
-    finally:
-        stop_service(service)
+    wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
+    # child_exit retires the old workers' live gauges once the arbiter has reaped them.
+    wait_until(lambda: service.metric("logwriter_workers") == 2, 30, "2 live workers")
+    stop_service(service)
     check_files(service.dir.glob("*.log"), load.acked)

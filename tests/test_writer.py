@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from support import wait_until
 
 from service import writer as writer_module
 from service.files import LogFiles
@@ -188,9 +189,7 @@ def test_a_batchs_worth_of_lines_ends_the_linger(tmp_path: Path, monkeypatch: py
     writer.start()
     writer.put(entry("s", "first"), timeout=1)  # the writer lingers for more
     writer.put(entry("s", "x" * 100), timeout=1)  # a batch's worth: the linger ends
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "s.log").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until((tmp_path / "s.log").exists, 30, "the batch's worth to be written")
     assert (tmp_path / "s.log").read_text() == "first\n" + "x" * 100 + "\n"
     writer.stop()
 
