@@ -1,13 +1,47 @@
-"""Fixtures: the real service started and stopped for a test, and the disks the root tests
-stall. The helpers they use are in support.py."""
+"""Fixtures, and the check that every test says what it needs.
 
+Every test carries `unit` or one or more of the others (pyproject.toml registers them, and
+--strict-markers refuses any other name):
+
+- unit: in this process only: no root, no mount, no Docker, no process of its own, no tool
+  outside the venv. `pytest -m unit` runs them in seconds on any machine, as any user.
+- service: starts the real `logwriter` command (Gunicorn, its workers) as a subprocess.
+- process: starts a Python process of its own that is not the service.
+- root: needs root: a loop-mounted ext4 or a tmpfs, fsfreeze.
+- tools: runs Debian tools (.ci/install-tools installs them): promtool, prometheus,
+  logrotate, curl.
+- docker: needs a Docker engine and Compose (../shared/bin/docker-here).
+
+The helpers these fixtures use are in support.py.
+"""
+
+import os
+import subprocess
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 from support import Logwriters, Service, loop_mounted_ext4, unfreeze
 
+UNIT = "unit"
+NEEDS = ("service", "process", "root", "tools", "docker")
+
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that says nothing of what it needs, or claims `unit` and a need."""
+    wrong = []
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()} & {UNIT, *NEEDS}
+        if not marks or (UNIT in marks and len(marks) > 1):
+            wrong.append(f"{item.nodeid}: {sorted(marks) or 'no marker'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"each test is marked {UNIT}, or by what it needs ({', '.join(NEEDS)}):\n  "
+            + "\n  ".join(wrong)
+        )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -18,6 +52,22 @@ def pytest_runtest_makereport(
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
     return report
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test marked unit that starts a process fails, rather than run where it cannot."""
+    if request.node.get_closest_marker(UNIT) is None:
+        return
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a unit test may not start a process: mark it by what it needs")
+
+    monkeypatch.setattr(subprocess, "Popen", refused)
+    for name in ("fork", "system", "posix_spawn", "posix_spawnp"):
+        monkeypatch.setattr(os, name, refused)
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from service.files import LogFiles
 from service.settings import Settings
 from service.writer import Writer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:

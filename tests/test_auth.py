@@ -23,6 +23,7 @@ def client(tmp_path: Path) -> Iterator[FlaskClient]:
     writer.stop()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "header",
     [
@@ -48,6 +49,7 @@ def test_post_without_a_valid_token_is_401_and_writes_nothing(
     assert not (tmp_path / "s.log").exists()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("token", TOKENS)
 def test_any_configured_token_may_write(client: FlaskClient, tmp_path: Path, token: str):
     answer = client.post(
@@ -57,6 +59,7 @@ def test_any_configured_token_may_write(client: FlaskClient, tmp_path: Path, tok
     assert (tmp_path / "s.log").read_bytes() == b"x\n"
 
 
+@pytest.mark.unit
 def test_health_readiness_and_metrics_stay_open_by_default(client: FlaskClient):
     assert [client.get(path).status_code for path in ("/healthz", "/readyz", "/metrics")] == [
         200,
@@ -65,6 +68,7 @@ def test_health_readiness_and_metrics_stay_open_by_default(client: FlaskClient):
     ]
 
 
+@pytest.mark.unit
 def test_metrics_can_require_a_token(tmp_path: Path):
     app = create_app(Settings(dir=tmp_path, tokens=TOKENS, metrics_auth=True))
     client = app.test_client()
@@ -74,11 +78,13 @@ def test_metrics_can_require_a_token(tmp_path: Path):
     assert client.get("/healthz").status_code == 503  # writer not started here, but not 401
 
 
+@pytest.mark.unit
 def test_no_tokens_means_open():
     assert not BearerTokens([]).required
     assert BearerTokens(["a"]).allows("Bearer a")
 
 
+@pytest.mark.unit
 def test_tokens_from_env_and_file(tmp_path: Path):
     token_file = tmp_path / "tokens"
     token_file.write_text("# ops team\nfrom-file\n\n  spaced  \n")
@@ -89,6 +95,7 @@ def test_tokens_from_env_and_file(tmp_path: Path):
     assert "from-file" not in repr(settings)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("env", "words"),
     [
@@ -104,6 +111,7 @@ def test_bad_token_settings_are_named(env: dict[str, str], words: str):
         Settings.from_env(env)
 
 
+@pytest.mark.service
 def test_tokens_never_reach_the_log(start_logwriter: Logwriters):
     service = start_logwriter(
         env={"LOGWRITER_TOKENS": "tok-visible-nowhere", "GUNICORN_CMD_ARGS": "--access-logfile -"}

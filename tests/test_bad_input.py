@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 from support import Service, peak_rss_mib, start_service, stop_service
 
+pytestmark = pytest.mark.service
+
 LIMITS = {"LOGWRITER_MAX_BODY_BYTES": "1MiB", "LOGWRITER_MAX_LINE_BYTES": "64KiB"}
 TEXT = {"Content-Type": "text/plain"}
 

@@ -7,6 +7,8 @@ import pytest
 
 from service.deadlines import BodyDeadlines
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_read_past_the_deadline_ends_and_the_callers_error_comes_through():
     reader, writer = socket.socketpair()

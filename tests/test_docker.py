@@ -19,6 +19,8 @@ import pytest
 from support import free_port, wait_until
 from traffic import Load, check_files, request_body
 
+pytestmark = pytest.mark.docker
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER_HERE = ROOT.parent / "shared" / "bin" / "docker-here"
 

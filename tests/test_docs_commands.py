@@ -20,8 +20,6 @@ from pathlib import Path
 import pytest
 from support import Service, wait_until
 
-pytestmark = pytest.mark.service
-
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ADDRESS = "localhost:8080"
@@ -77,12 +75,14 @@ def examples(path: Path) -> list[Example]:
 EXAMPLES = [example for path in DOCS for example in examples(path)]
 
 
+@pytest.mark.unit
 def test_the_readme_has_curl_examples() -> None:
     # Without this, a change to how the README writes its examples would leave nothing to run.
     readme = [e for e in EXAMPLES if e.where.startswith("README.md:")]
     assert len(readme) >= 4, f"found only {[e.where for e in readme]}"
 
 
+@pytest.mark.service
 @pytest.mark.tools  # curl
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.where for e in EXAMPLES])
 def test_example_works_as_written(example: Example, service: Service, tmp_path: Path) -> None:

@@ -4,7 +4,11 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from service.files import LogFiles
+
+pytestmark = pytest.mark.unit
 
 
 def append(files: LogFiles, stream: str, data: bytes) -> None:

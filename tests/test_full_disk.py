@@ -13,6 +13,8 @@ import pytest
 from support import Logwriters, Response, Service, stop_service, wait_until
 from traffic import Load, check_files
 
+pytestmark = [pytest.mark.service, pytest.mark.root]
+
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path, start_logwriter: Logwriters) -> Iterator[Path]:

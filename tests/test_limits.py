@@ -7,8 +7,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from support import Logwriters, frozen, peak_rss_mib, stop_service, wait_until
 from traffic import check_files, request_body
+
+pytestmark = pytest.mark.service
 
 
 def test_stalled_bodies_get_408_and_do_not_starve_others(start_logwriter: Logwriters):
@@ -51,6 +54,7 @@ QUEUE_MIB, BODY_MIB, THREADS = 4, 1, 8
 BOUND_MIB = QUEUE_MIB + THREADS * 3 * BODY_MIB
 
 
+@pytest.mark.root
 def test_memory_stays_bounded_while_a_flood_meets_a_stalled_disk(
     ext4_disk: Path, start_logwriter: Logwriters
 ):

@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.process  # the allocator's settings hold for a whole process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Bodies of 200 KB made in one thread and freed in another, as request threads and the writer

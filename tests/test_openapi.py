@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import Logwriters
+
+pytestmark = pytest.mark.service
 
 TESTS = Path(__file__).resolve().parent
 DOCUMENT = TESTS.parent / "service" / "openapi.json"

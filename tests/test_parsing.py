@@ -9,6 +9,8 @@ import pytest
 from service.parsing import check_stream_name, count_lines, parse_body, read_body
 from service.refusals import Rejected
 
+pytestmark = pytest.mark.unit
+
 MAX_LINE = 1 << 20
 
 

@@ -13,6 +13,8 @@ import pytest
 from support import Logwriters, free_port, wait_until
 from traffic import Load, check_files
 
+pytestmark = pytest.mark.tools
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
@@ -41,6 +43,7 @@ def scalar(port: int, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+@pytest.mark.service
 def test_prometheus_counts_every_line_on_disk(tmp_path: Path, start_logwriter: Logwriters):
     service = start_logwriter(workers=2)
     # The operator's own config and rules, pointed at this service and scraping faster.

@@ -3,11 +3,14 @@ or lines that come back exactly as specified."""
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.parsing import parse_body
 from service.refusals import Rejected
+
+pytestmark = pytest.mark.unit
 
 MAX_LINE = 64
 TYPES = ["text/plain", "", "application/x-ndjson", "application/json"]

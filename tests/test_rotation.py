@@ -8,6 +8,8 @@ import pytest
 from support import Logwriters, Service, stop_service, wait_until
 from traffic import Load, check_files, request_body
 
+pytestmark = [pytest.mark.service, pytest.mark.tools]
+
 ROTATIONS = 6
 
 

@@ -11,6 +11,8 @@ import pytest
 from support import Logwriters, Service, frozen, stop_service, wait_until
 from traffic import Load, check_files
 
+pytestmark = pytest.mark.service
+
 STOPS = [
     pytest.param(signal.SIGTERM, False, id="SIGTERM-to-arbiter"),
     pytest.param(signal.SIGINT, True, id="SIGINT-to-group"),  # a terminal's Ctrl-C
@@ -38,6 +40,7 @@ def test_stop_mid_load_keeps_every_acknowledged_line(
     assert "Traceback" not in service.log_text()
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(("sig", "group"), STOPS)
 def test_stop_while_the_disk_stalls_drains_once_it_recovers(
     ext4_disk: Path, start_logwriter: Logwriters, sig: int, group: bool
@@ -69,6 +72,7 @@ def test_stop_while_the_disk_stalls_drains_once_it_recovers(
     assert len(drained) == 2 and sum(drained) > 0, service.log_text()
 
 
+@pytest.mark.tools
 def test_metrics_add_up_across_workers_after_load(start_logwriter: Logwriters):
     service = start_logwriter(workers=2)
     load = Load(service.port, clients=6).start()

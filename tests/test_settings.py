@@ -6,6 +6,8 @@ import pytest
 
 from service.settings import Settings, SettingsError
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults():
     settings = Settings.from_env({})

@@ -14,6 +14,8 @@ from service import writer as writer_module
 from service.files import LogFiles
 from service.writer import Ack, Entry, QueueFull, WriteFailed, Writer, WriterStopped
 
+pytestmark = pytest.mark.unit
+
 
 class GatedFiles(LogFiles):
     """Real files whose appends wait at a gate: the disk taking nothing, on demand."""
