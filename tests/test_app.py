@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app, runtime
 from service.files import LogFiles
@@ -216,11 +218,38 @@ def test_health_and_readiness_follow_the_writer(app: Flask, client: FlaskClient)
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
 
 
-def test_metrics_count_lines_and_refusals(client: FlaskClient):
-    client.post("/v1/logs/s?ack=written", data=b"a\nb\n")
-    client.post("/v1/logs/s", data=b"ok\n\xff\n")
-    text = client.get("/metrics").get_data(as_text=True)
-    assert "logwriter_lines_written_total" in text
-    assert 'logwriter_rejected_requests_total{reason="bad_utf8"}' in text
-    assert 'logwriter_rejected_lines_total{reason="bad_utf8"} ' in text
-    assert 'logwriter_http_requests_total{code="400"}' in text
+Sample = tuple[str, tuple[tuple[str, str], ...]]  # a sample's name and its labels
+
+
+def registry_value(sample: Sample) -> float:
+    name, labels = sample
+    return REGISTRY.get_sample_value(name, dict(labels)) or 0.0
+
+
+def page_values(page: str) -> dict[Sample, float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_lines_and_refusals(app: Flask, client: FlaskClient):
+    # The registry is the whole test process's: what counts is how far each sample moves.
+    moves: dict[Sample, float] = {
+        ("logwriter_lines_received_total", ()): 2,
+        ("logwriter_lines_written_total", ()): 2,
+        ("logwriter_bytes_written_total", ()): 4,
+        ("logwriter_rejected_requests_total", (("reason", "bad_utf8"),)): 1,
+        ("logwriter_rejected_lines_total", (("reason", "bad_utf8"),)): 2,
+        ("logwriter_http_requests_total", (("code", "200"),)): 1,
+        ("logwriter_http_requests_total", (("code", "400"),)): 1,
+    }
+    before = {sample: registry_value(sample) for sample in moves}
+    assert client.post("/v1/logs/s?ack=written", data=b"a\nb\n").status_code == 200
+    assert client.post("/v1/logs/s", data=b"ok\n\xff\n").status_code == 400
+    stop(app)  # the writer counts lines written just after it acks them: the count is in now
+    answer = client.get("/metrics")  # counted itself only once it has answered
+    assert answer.status_code == 200
+    shown = page_values(answer.get_data(as_text=True))
+    assert {sample: shown.get(sample, 0.0) - before[sample] for sample in moves} == moves
