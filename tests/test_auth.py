@@ -79,8 +79,25 @@ def test_metrics_can_require_a_token(tmp_path: Path):
 
 
 @pytest.mark.unit
-def test_no_tokens_means_open():
+def test_no_tokens_means_open(tmp_path: Path):
     assert not BearerTokens([]).required
+    app = create_app(Settings(dir=tmp_path))
+    runtime(app).writer.start()
+    try:
+        client = app.test_client()
+        bare = client.post("/v1/logs/s?ack=written", data=b"no header\n")
+        assert (bare.status_code, bare.json) == (200, {"accepted": 1})
+        ignored = {"Authorization": "Bearer anything"}  # nothing to match, nothing checked
+        anything = client.post("/v1/logs/s?ack=written", data=b"any\n", headers=ignored)
+        assert anything.status_code == 200
+        assert client.get("/metrics").status_code == 200
+    finally:
+        runtime(app).writer.stop()
+    assert (tmp_path / "s.log").read_bytes() == b"no header\nany\n"
+
+
+@pytest.mark.unit
+def test_a_configured_token_is_allowed_with_the_bearer_scheme():
     assert BearerTokens(["a"]).allows("Bearer a")
 
 
