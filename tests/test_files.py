@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import service.files
 from service.files import LogFiles
 
 pytestmark = pytest.mark.unit
@@ -57,3 +58,16 @@ def test_least_recently_used_files_are_closed_beyond_the_bound(tmp_path: Path):
     files.close()
     assert (tmp_path / "a.log").read_bytes() == b"a\na\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.log", "b.log", "c.log", "d.log"]
+
+
+def test_short_writes_are_finished_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    real_writev = service.files.os.writev
+
+    def writev_at_most_3_bytes(fd: int, buffers: list[bytes]) -> int:
+        return real_writev(fd, [bytes(b"".join(buffers)[:3])])
+
+    monkeypatch.setattr(service.files.os, "writev", writev_at_most_3_bytes)
+    files = LogFiles(tmp_path)
+    files.append("s", [b"abcd\n", b"ef\n", b"ghijklm\n"])
+    files.close()
+    assert (tmp_path / "s.log").read_bytes() == b"abcd\nef\nghijklm\n"

@@ -286,21 +286,6 @@ def test_append_errors_are_retried_without_doubling(tmp_path: Path):
     assert sample("logwriter_writer_errors_total", kind="ENOSPC") == before + 2
 
 
-def test_short_writes_are_finished_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import service.files
-
-    real_writev = service.files.os.writev
-
-    def writev_at_most_3_bytes(fd: int, buffers: list[bytes]) -> int:
-        return real_writev(fd, [bytes(b"".join(buffers)[:3])])
-
-    monkeypatch.setattr(service.files.os, "writev", writev_at_most_3_bytes)
-    files = LogFiles(tmp_path)
-    files.append("s", [b"abcd\n", b"ef\n", b"ghijklm\n"])
-    files.close()
-    assert (tmp_path / "s.log").read_bytes() == b"abcd\nef\nghijklm\n"
-
-
 def test_an_unexpected_error_is_loud_and_releases_everyone(tmp_path: Path):
     class Broken(LogFiles):
         def append(self, stream: str, buffers: list[bytes | memoryview]) -> None:
