@@ -305,13 +305,14 @@ class Writer:
             if self._pending_bytes <= self._limit // 2:
                 self._overloaded = False
             self._not_full.notify_all()
-        for entry in share.entries:
-            if entry.ack == "written":
-                entry.finish()
+        # Counted before the answers go out, so a client's next scrape includes its lines.
         metrics.lines_written.inc(lines)
         metrics.bytes_written.inc(size)
         metrics.queue_depth.dec(lines)
         metrics.queue_bytes.dec(size)
+        for entry in share.entries:
+            if entry.ack == "written":
+                entry.finish()
 
     def _record_error(self, where: str, exc: OSError) -> None:
         # The disk is full or failing: the lines stay queued and are tried again.
