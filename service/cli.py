@@ -27,6 +27,7 @@ def _serve() -> None:
     tune_malloc()  # first, and before Gunicorn forks the workers, which inherit it
     from service.server import Server  # imported only now: see main()
     from service.settings import Settings, SettingsError
+    from service.worker import ensure_open_files
 
     try:
         settings = Settings.from_env()
@@ -35,4 +36,9 @@ def _serve() -> None:
         sys.exit(f"logwriter: {exc}")
     except OSError as exc:
         sys.exit(f"logwriter: cannot create LOGWRITER_DIR {settings.dir}: {exc.strerror}")
-    Server(settings).run()
+    server = Server(settings)
+    try:  # with GUNICORN_CMD_ARGS applied, before any socket is bound or worker forked
+        ensure_open_files(server.cfg.worker_connections, settings.max_open_files)
+    except RuntimeError as exc:
+        sys.exit(f"logwriter: {exc}")
+    server.run()

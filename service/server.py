@@ -3,7 +3,8 @@
 How a worker stops -- the one place this order is written down:
 
   1. Request threads finish: gthread stops accepting and waits (up to graceful_timeout) for
-     its connections, then returns from its run loop. SIGTERM does this; so do SIGINT and
+     its connections, then returns from its run loop; kept-alive connections and those that
+     have sent nothing yet are closed within 2 s. SIGTERM does this; so do SIGINT and
      SIGQUIT here (see post_worker_init).
   2. worker_exit calls Writer.stop(): no more puts, and the pill goes on the queue. A request
      that still reaches the writer after this (one that outlived graceful_timeout) is refused
@@ -28,7 +29,7 @@ log = logging.getLogger("logwriter")
 
 
 class Server(BaseApplication):  # type: ignore[misc]
-    """Gunicorn's arbiter serving create_app(settings) with gthread workers."""
+    """Gunicorn's arbiter serving create_app(settings) with service.worker's gthread workers."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -55,7 +56,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "bind": [settings.bind],
         "workers": settings.workers,
         "threads": settings.threads,
-        "worker_class": "gthread",
+        "worker_class": "service.worker.Worker",  # gthread, with silent connections parked
+        "worker_connections": settings.max_connections,
         "proc_name": "logwriter",
         "errorlog": "-",
         "keepalive": 5,  # log shippers post again and again on the same connection

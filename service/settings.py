@@ -33,6 +33,8 @@ class Settings:
     file_template: str = "{stream}.log"
     max_open_files: int = 256
     body_timeout: float = 10.0
+    idle_timeout: float = 5.0
+    max_connections: int = 1000
     tokens: tuple[str, ...] = field(default=(), repr=False)  # never printed or logged
     metrics_auth: bool = False
 
@@ -58,6 +60,8 @@ class Settings:
             file_template=read("FILE_TEMPLATE", lambda _, text: text, d.file_template),
             max_open_files=read("MAX_OPEN_FILES", _positive_int, d.max_open_files),
             body_timeout=read("BODY_TIMEOUT", _seconds, d.body_timeout),
+            idle_timeout=read("IDLE_TIMEOUT", _seconds, d.idle_timeout),
+            max_connections=read("MAX_CONNECTIONS", _positive_int, d.max_connections),
             tokens=read("TOKENS", _token_list, ()) + read("TOKENS_FILE", _token_file, ()),
             metrics_auth=read("METRICS_AUTH", _boolean, d.metrics_auth),
         )

@@ -22,6 +22,8 @@ def test_defaults():
         ack="queued",
         file_template="{stream}.log",
         max_open_files=256,
+        idle_timeout=5.0,
+        max_connections=1000,
     )
 
 
@@ -36,6 +38,8 @@ def test_values_and_sizes_with_units():
             "LOGWRITER_MAX_BODY_BYTES": "512K",
             "LOGWRITER_MAX_LINE_BYTES": "1024",
             "LOGWRITER_ACK": "fsync",
+            "LOGWRITER_IDLE_TIMEOUT": "0.5",
+            "LOGWRITER_MAX_CONNECTIONS": "5000",
         }
     )
     assert settings.dir == Path("/data")
@@ -46,6 +50,7 @@ def test_values_and_sizes_with_units():
         1024,
     )
     assert settings.ack == "fsync"
+    assert (settings.idle_timeout, settings.max_connections) == (0.5, 5000)
 
 
 def test_empty_means_default():
@@ -68,6 +73,8 @@ def test_empty_means_default():
         ("LOGWRITER_FILE_TEMPLATE", "/var/log/{stream}.log", "must name a file inside"),
         ("LOGWRITER_FILE_TEMPLATE", "{stream}/{host}.log", "only {stream} and strftime"),
         ("LOGWRITER_MAX_OPEN_FILES", "0", "LOGWRITER_MAX_OPEN_FILES must be a whole number"),
+        ("LOGWRITER_IDLE_TIMEOUT", "0", "LOGWRITER_IDLE_TIMEOUT must be a number of seconds"),
+        ("LOGWRITER_MAX_CONNECTIONS", "-1", "LOGWRITER_MAX_CONNECTIONS must be a whole number"),
     ],
 )
 def test_bad_values_are_named(name: str, value: str, words: str):
