@@ -16,7 +16,7 @@ from werkzeug.routing import PathConverter
 
 from service import metrics
 from service.auth import BearerTokens
-from service.deadlines import BodyDeadlines
+from service.deadlines import ReadDeadlines
 from service.files import LogFiles
 from service.parsing import check_stream_name, count_lines, parse_body, read_body
 from service.refusals import Rejected
@@ -40,7 +40,7 @@ class Runtime:
     settings: Settings
     writer: Writer
     tokens: BearerTokens
-    deadlines: BodyDeadlines
+    deadlines: ReadDeadlines
 
 
 class RestOfPath(PathConverter):
@@ -66,7 +66,7 @@ def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
         files = LogFiles(settings.dir, settings.file_template, settings.max_open_files)
         writer = Writer(files, settings.queue_bytes)
     app.extensions[_RUNTIME] = Runtime(
-        settings, writer, BearerTokens(settings.tokens), BodyDeadlines(settings.body_timeout)
+        settings, writer, BearerTokens(settings.tokens), ReadDeadlines(settings.body_timeout)
     )
     app.register_blueprint(api)
     return app

@@ -1,10 +1,10 @@
-"""A deadline for a whole request body.
+"""Deadlines for reading a request: its head (service.worker), then its body (service.app).
 
 A socket timeout would stop a client that stalls, but not one that trickles a byte every few
 seconds: each read then succeeds in time, and the request thread is held for as long as the
-client likes. One watchdog thread per worker shuts the reading side of a socket whose body is
-not in by its deadline, stalled or trickling, so the blocked read ends and the request gets a
-408."""
+client likes. One watchdog thread per worker shuts the reading side of a socket that is not
+read by its deadline, stalled or trickling, so the blocked read ends: a body gets a 408, a
+head that never ends closes the connection."""
 
 import contextlib
 import socket
@@ -16,8 +16,9 @@ from contextlib import contextmanager
 _TICK = 0.25  # how often the watchdog looks, in seconds
 
 
-class BodyDeadlines:
-    """The watchdog of one worker: watch(sock) gives a body `seconds` to arrive in whole."""
+class ReadDeadlines:
+    """The watchdog of one worker: from start(sock) to end(sock), or within watch(sock),
+    what is read from `sock` has `seconds` to arrive in whole."""
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -29,20 +30,26 @@ class BodyDeadlines:
     @contextmanager
     def watch(self, sock: socket.socket) -> Iterator[None]:
         """Within this block, `sock` is cut off `seconds` after the block began."""
-        key = id(sock)
-        with self._lock:
-            if self._thread is None:  # started in the worker, at its first request
-                self._thread = threading.Thread(
-                    target=self._run, name="body-deadlines", daemon=True
-                )
-                self._thread.start()
-            self._watched[key] = (time.monotonic() + self._seconds, sock)
+        self.start(sock)
         try:
             yield
         finally:
-            with self._lock:
-                self._watched.pop(key, None)  # gone already if the watchdog cut it off
-                self._expired.discard(key)
+            self.end(sock)
+
+    def start(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._thread is None:  # started in the worker, at its first request
+                self._thread = threading.Thread(
+                    target=self._run, name="read-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._watched[id(sock)] = (time.monotonic() + self._seconds, sock)
+
+    def end(self, sock: socket.socket) -> None:
+        """No more deadline for `sock` (none may be left: the watchdog cut it off)."""
+        with self._lock:
+            self._watched.pop(id(sock), None)
+            self._expired.discard(id(sock))
 
     def expired(self, sock: socket.socket) -> bool:
         with self._lock:

@@ -12,6 +12,9 @@ per connection, while nothing else is served. Here:
   goes to the pool once it is readable (a request, or a TLS ClientHello: the handshake is done
   in the pool thread); if it stays silent it is closed in the sweep that closes idle
   keep-alive connections.
+- A request's head must arrive in whole within LOGWRITER_BODY_TIMEOUT of a thread taking it,
+  as its body must then (service.deadlines): a client that sends part of a head and stalls
+  would otherwise hold its thread for as long as it likes.
 - A closing connection lingers in the poller too: its write side is shut, what the client
   still sends is drained as it comes, and it is closed at the client's FIN or after 2 s.
 
@@ -29,6 +32,8 @@ from typing import Any
 
 import gunicorn
 from gunicorn.workers import gthread
+
+from service.app import runtime
 
 LINGER_SECONDS = 2.0  # as gunicorn.util.close_graceful: how long a closing connection drains
 _FD_MARGIN = 64  # descriptors of Gunicorn and Python themselves: streams, listeners, pipes
@@ -70,6 +75,21 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
         self.poller.register(
             client, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn)
         )
+
+    def handle(self, conn: gthread.TConn) -> Any:
+        # In a request thread. The deadline for the head; handle_request() ends it.
+        sock = conn.sock
+        deadlines = runtime(self.wsgi).deadlines
+        deadlines.start(sock)
+        try:
+            return super().handle(conn)
+        finally:
+            deadlines.end(sock)
+
+    def handle_request(self, req: Any, conn: gthread.TConn) -> bool:
+        # The head is in; the app watches the body with a deadline of its own.
+        runtime(self.wsgi).deadlines.end(conn.sock)
+        return super().handle_request(req, conn)
 
     def murder_pending(self) -> None:
         # gthread's loop calls this each turn: closing connections are swept here too.

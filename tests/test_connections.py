@@ -135,12 +135,15 @@ def test_two_thousand_open_connections_leave_the_threads_free(start_logwriter: L
         )
         assert open_sockets >= 2000
         latencies = post_one_line_at_a_time(service, seconds=3)
-        waiting = epoll_waiting_threads(worker)
+        waiting = []  # sampled: the main loop is not always in epoll at the instant one looks
+        for _ in range(20):
+            waiting.append(epoll_waiting_threads(worker))
+            time.sleep(0.05)
     for conn in kept_alive:
         conn.close()
     print(f"{open_sockets} sockets, {len(latencies)} requests, p99 {p99(latencies) * 1000:.1f} ms")
     assert p99(latencies) < 0.1
-    assert waiting == 1, f"{waiting} threads wait in epoll: request threads hold connections"
+    assert max(waiting) == 1, f"threads in epoll, by sample: {waiting} (the main loop's alone: 1)"
 
 
 def test_a_silent_connection_is_closed_at_its_deadline(start_logwriter: Logwriters):
@@ -175,6 +178,24 @@ def test_clients_that_never_close_do_not_stall_the_worker(start_logwriter: Logwr
         assert sock.recv(100).startswith(b"HTTP/1.1 200")
         sock.close()
     assert max(latencies) < 0.5, max(latencies)
+
+
+def test_a_head_that_stalls_is_cut_off_at_the_deadline(start_logwriter: Logwriters):
+    service = start_logwriter(env={"LOGWRITER_BODY_TIMEOUT": "1"})
+    stalled = []
+    for _ in range(8):  # as many as there are threads: each holds one until its deadline
+        sock = socket.create_connection(("127.0.0.1", service.port))
+        sock.sendall(b"POST /v1/logs/x HTTP/1.1\r\nHost: x\r\nContent-Le")
+        stalled.append(sock)
+    started = time.monotonic()
+    answer = service.request("POST", "/v1/logs/real?ack=written", b"after\n")
+    assert answer.status == 200
+    assert time.monotonic() - started < 2.5
+    for sock in stalled:
+        sock.settimeout(5)
+        assert sock.recv(100) == b""  # closed, nothing written
+        sock.close()
+    assert not (service.dir / "x.log").exists()
 
 
 def test_sigterm_with_500_silent_connections_drains_and_exits_0(start_logwriter: Logwriters):

@@ -5,14 +5,14 @@ import time
 
 import pytest
 
-from service.deadlines import BodyDeadlines
+from service.deadlines import ReadDeadlines
 
 pytestmark = pytest.mark.unit
 
 
 def test_a_read_past_the_deadline_ends_and_the_callers_error_comes_through():
     reader, writer = socket.socketpair()
-    deadlines = BodyDeadlines(0.3)
+    deadlines = ReadDeadlines(0.3)
     with pytest.raises(LookupError, match="the caller's own"), deadlines.watch(reader):
         reader.settimeout(5)
         assert reader.recv(10) == b""  # cut off by the watchdog, not by the 5 s timeout
@@ -25,7 +25,7 @@ def test_a_read_past_the_deadline_ends_and_the_callers_error_comes_through():
 
 def test_a_socket_is_never_cut_off_after_its_block():
     reader, writer = socket.socketpair()
-    deadlines = BodyDeadlines(0.2)
+    deadlines = ReadDeadlines(0.2)
     with deadlines.watch(reader):
         pass
     writer.sendall(b"next request")
