@@ -5,6 +5,8 @@ settings (and its fsync-per-request variant); nginx writing $request_body to its
 (the ceiling: no Python at all); and the raw append rate of the disk for the same bytes.
 Group commit is also measured where an fsync costs what it does on a hard disk: ack=fsync
 and the naive fsync-per-request app on a disk capped at --iops write IOPS (bench.disks).
+Once per run, bench.silent measures a client's latency against silent connections (TCP
+connections that send nothing), logwriter against the naive app's stock gthread worker.
 Every case runs each contender once per round, rounds interleaved and each starting with
 another contender, so that the noise of a shared machine hits all of them alike. Each figure
 is the median of the rounds, with its spread (min-max). Results go to bench/results/
@@ -19,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import measurement, report
+from bench import measurement, report, silent
 from bench.contenders import RAW_DISK, contenders_for, ensure_tools
 from bench.workloads import DURABLE_CONNS, Case, capped_disk_cases, every_case, full_cases
 
@@ -37,6 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="default bench/results")
     parser.add_argument(
         "--overload", type=float, default=30, help="seconds of overload (default 30; 0: none)"
+    )
+    parser.add_argument(
+        "--silent",
+        type=float,
+        default=15,
+        help="seconds of each silent-connections measurement (default 15; 0: none)",
     )
     parser.add_argument(
         "--iops",
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     sustained = measurement.disk_sustained_mb_per_s(disk_bytes)
     overload_seconds = min(args.overload, 3) if args.smoke else args.overload
     overloaded = measurement.overload_run(overload_seconds) if overload_seconds else None
+    silent_seconds = min(args.silent, 3) if args.smoke else args.silent
+    silenced = silent.run(silent_seconds) if silent_seconds else None
 
     text = report.write(
         out,
@@ -92,12 +102,18 @@ def main(argv: list[str] | None = None) -> None:
         disk_sustained_mb_per_s=sustained,
         load_generator_requests_per_s=capacity,
         overloaded=overloaded,
+        silenced=silenced,
         with_plots=not args.smoke,
     )
     print(text)
     print(f"\nwritten to {out}")
-    if overloaded and overloaded["problems"]:
-        sys.exit("overload: a check failed (see above)")
+    failed = [
+        name
+        for name, result in (("overload", overloaded), ("silent connections", silenced))
+        if result and result["problems"]
+    ]
+    if failed:
+        sys.exit(f"{' and '.join(failed)}: a check failed (see above)")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import overload
+from bench import overload, silent
 from bench.contenders import RAW_DISK
 from bench.targets import CONTENDER_RATIOS, WORKER_SCALING
 from bench.workloads import LINE_BYTES, SIZES, THREADS, WORKERS, Case
@@ -192,12 +192,14 @@ def write(
     disk_sustained_mb_per_s: float,
     load_generator_requests_per_s: float,
     overloaded: dict[str, Any] | None,
+    silenced: dict[str, Any] | None = None,
     with_plots: bool,
 ) -> str:
     """results.md, results.json and (with_plots) the plots, into out; returns results.md.
 
     `iops` is the capped disk's (0: no capped-disk cases); `disk_bytes` were appended to
-    measure `disk_sustained_mb_per_s`; `overloaded` is overload.run's result, if it ran."""
+    measure `disk_sustained_mb_per_s`; `overloaded` is overload.run's result, `silenced`
+    silent.run's, if they ran."""
     capacity = load_generator_requests_per_s
     busiest = max(
         median(runs, "lines_per_s") / case.lines
@@ -235,6 +237,8 @@ def write(
     ]
     if overloaded:
         report += ["\n## Overload\n", overload.report(overloaded)]
+    if silenced:
+        report += ["\n## Silent connections\n", silent.report(silenced)]
     made = plots(results, out) if with_plots else []
     report += [f"\n![{name}]({name})" for name in made]
     text = "\n".join(report)
@@ -248,6 +252,7 @@ def write(
                 ],
                 "disk_sustained_mb_per_s": disk_sustained_mb_per_s,
                 "overload": overloaded,
+                "silent_connections": silenced,
             },
             indent=1,
         )
