@@ -6,6 +6,7 @@ create_app() only builds objects: no thread is started, no file touched. The Gun
 
 import functools
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from service import metrics
+from service import metrics, otlp
 from service.auth import BearerTokens
 from service.deadlines import ReadDeadlines
 from service.files import LogFiles
@@ -28,6 +29,7 @@ log = logging.getLogger("logwriter")
 QUEUE_WAIT_SECONDS = 1.0  # how long a request waits for room in a full queue before a 503
 RETRY_AFTER_SECONDS = "1"
 _RUNTIME = "logwriter"  # the key of app.extensions that holds the Runtime
+_OTLP_TYPES = (otlp.PROTOBUF, otlp.JSON)
 
 api = Blueprint("logwriter", __name__)
 OPENAPI = (Path(__file__).parent / "openapi.json").read_bytes()  # the API's contract, kept here
@@ -103,11 +105,78 @@ def post_logs(stream: str) -> Response:
         raise
     if ack == "queued":
         return _accepted(lines.count, 202)
-    try:
-        entry.wait()
-    except WriteFailed as exc:
-        raise Rejected(503, "write_failed", f"lines were not made durable: {exc}") from None
+    _wait([entry])
     return _accepted(lines.count, 200)
+
+
+@api.post("/otlp/v1/logs", defaults={"stream": None})
+@api.post("/otlp/<stream>/v1/logs")
+def post_otlp_logs(stream: str | None) -> Response:
+    """OTLP/HTTP logs: every record of the request is queued, or none is; the answers are
+    OTLP's, in the request's own encoding."""
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    parts = runtime(current_app)
+    settings = parts.settings
+    content_type = req.mimetype if req.mimetype in _OTLP_TYPES else otlp.JSON
+    batch = None
+    try:
+        _require_token(parts.tokens, req)
+        if stream is not None:
+            check_stream_name(stream)
+        if req.mimetype not in _OTLP_TYPES:
+            raise Rejected(
+                415,
+                "bad_type",
+                f"unsupported Content-Type {req.mimetype!r}: "
+                "use application/x-protobuf or application/json",
+            )
+        ack = _ack_mode(req.args.get("ack"), settings.ack)
+        body = _read_otlp_body(parts, req)
+        try:
+            request_message = otlp.decode(body, content_type)
+            batch = otlp.to_lines(
+                request_message,
+                stream,
+                settings.otlp_stream,
+                settings.otlp_format,
+                time.time_ns(),
+                settings.max_line_bytes,
+            )
+        except otlp.BadRequest as exc:
+            raise Rejected(400, "bad_otlp", str(exc)) from None
+        entries = [
+            Entry(name, lines.data, lines.count, ack) for name, lines in batch.streams.items()
+        ]
+        _put(parts.writer, *entries)
+        if ack != "queued":
+            _wait(entries)
+    except Rejected as exc:
+        metrics.rejected_requests.labels(reason=exc.reason).inc()
+        if batch is not None:
+            metrics.otlp_records.labels(outcome=exc.reason).inc(batch.records + batch.refused)
+        response = Response(otlp.status(content_type, exc.status, exc.message), exc.status)
+        response.headers["Content-Type"] = content_type
+        return _with_refusal_headers(response, exc.status)
+    metrics.otlp_records.labels(outcome="accepted").inc(batch.records)
+    message = ""
+    if batch.refused:
+        metrics.otlp_records.labels(outcome="too_large").inc(batch.refused)
+        message = (
+            f"{batch.refused} log records refused: each would be (or be in) a line over "
+            f"LOGWRITER_MAX_LINE_BYTES ({settings.max_line_bytes} bytes)"
+        )
+    answer = otlp.export_response(content_type, batch.refused, message)
+    return Response(answer, 200, content_type=content_type)
+
+
+def _read_otlp_body(parts: Runtime, req: Request) -> bytes:
+    try:
+        return _read_request_body(parts, req)
+    except Rejected as exc:
+        if exc.status != 408:
+            raise
+        # OTLP clients retry a 503 and drop the batch on a 408: this one may well pass.
+        raise Rejected(503, exc.reason, exc.message) from None
 
 
 def _accepted(count: int, status: int) -> Response:
@@ -148,13 +217,24 @@ def _require_token(tokens: BearerTokens, req: Request) -> None:
         raise Rejected(401, "unauthorized", "missing or invalid bearer token")
 
 
-def _put(writer: Writer, entry: Entry) -> None:
+def _put(writer: Writer, *entries: Entry) -> None:
+    if not entries:
+        return
     try:
-        writer.put(entry, timeout=QUEUE_WAIT_SECONDS)
+        writer.put_all(list(entries), timeout=QUEUE_WAIT_SECONDS)
     except QueueFull:
         raise Rejected(503, "queue_full", "queue is full: retry later") from None
     except WriterStopped:
         raise Rejected(503, "stopping", "this worker is not taking lines: retry later") from None
+
+
+def _wait(entries: list[Entry]) -> None:
+    """Until every entry is written (or fsynced, as its ack asks)."""
+    try:
+        for entry in entries:
+            entry.wait()
+    except WriteFailed as exc:
+        raise Rejected(503, "write_failed", f"lines were not made durable: {exc}") from None
 
 
 def _ack_mode(value: str | None, default: Ack) -> Ack:
@@ -209,10 +289,13 @@ def _requests_answered(status: int) -> Counter:
 
 @api.app_errorhandler(Rejected)
 def rejected(exc: Rejected) -> Response:
-    response = _error(exc.status, exc.message)
-    if exc.status == 503:
+    return _with_refusal_headers(_error(exc.status, exc.message), exc.status)
+
+
+def _with_refusal_headers(response: Response, status: int) -> Response:
+    if status == 503:
         response.headers["Retry-After"] = RETRY_AFTER_SECONDS
-    if exc.status == 401:
+    if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="logwriter"'
     return response
 

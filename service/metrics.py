@@ -77,6 +77,11 @@ rejected_lines = Counter(
     "Lines in refused log requests whose body could be read, by reason.",
     ["reason"],
 )
+otlp_records = Counter(
+    "logwriter_otlp_records",
+    "OTLP log records, by outcome: accepted, or the reason they were refused.",
+    ["outcome"],
+)
 writer_errors = Counter(
     "logwriter_writer_errors",
     "Errors met by the writer thread, by kind (an errno name, or an exception class).",

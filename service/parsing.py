@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from service.refusals import Rejected
 
-_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _READ_CHUNK = 64 << 10
 _GZIP_WBITS = 31  # zlib's "gzip header and trailer, no zlib wrapper"
 # curl's -d and --data-binary send form-urlencoded unless told otherwise: taken as text, as sent.
@@ -35,7 +35,7 @@ class Lines:
 
 def check_stream_name(name: str) -> str:
     # The name becomes a file name: this pattern is what keeps every file inside the log folder.
-    if not _STREAM_NAME.fullmatch(name):
+    if not STREAM_NAME.fullmatch(name):
         raise Rejected(
             400,
             "bad_stream",
@@ -51,15 +51,18 @@ def read_body(stream: IO[bytes], length: int | None, encoding: str | None, limit
     as it passes the limit (never silently truncating it).
     """
     encoding = (encoding or "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "x-gzip"):
+    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
         raise Rejected(
-            415, "bad_encoding", f"unsupported Content-Encoding {encoding!r}: use gzip or none"
+            415,
+            "bad_encoding",
+            f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or none",
         )
     if length is not None and length > limit:
         raise _too_large("body", limit)
     if encoding == "identity":
         return b"".join(_read_chunks(stream, length, limit, chunk_size=length or _READ_CHUNK))
-    return _gunzip(_read_chunks(stream, length, limit, chunk_size=_READ_CHUNK), limit)
+    chunks = _read_chunks(stream, length, limit, chunk_size=_READ_CHUNK)
+    return _inflate(chunks, limit, gzip=encoding != "deflate")
 
 
 def _read_chunks(
@@ -91,25 +94,36 @@ def _read(stream: IO[bytes], size: int) -> bytes:
         raise Rejected(400, "bad_body", f"could not read the request body: {exc}") from None
 
 
-def _gunzip(chunks: Iterator[bytes], limit: int) -> bytes:
-    """Inflate gzip members, never holding more than `limit` + 1 output bytes (a gzip bomb
-    stops right there). Output comes in small steps, so no second copy of it builds up."""
+def _inflate(chunks: Iterator[bytes], limit: int, gzip: bool) -> bytes:
+    """Inflate gzip members (or one deflate stream), never holding more than `limit` + 1
+    output bytes (a bomb stops right there). Output comes in small steps, so no second copy
+    of it builds up."""
     out = bytearray()
-    inflater = zlib.decompressobj(_GZIP_WBITS)
+    name = "gzip" if gzip else "deflate"
+    # HTTP's deflate is the zlib format; some clients send raw deflate: zlib's header tells.
+    inflater = zlib.decompressobj(_GZIP_WBITS) if gzip else None
     try:
         for chunk in chunks:
+            if inflater is None:
+                inflater = zlib.decompressobj(15 if _zlib_header(chunk) else -15)
             while chunk:
-                if inflater.eof:  # concatenated members are one valid gzip stream
-                    inflater = zlib.decompressobj(_GZIP_WBITS)
+                if inflater.eof:
+                    if not gzip:
+                        raise zlib.error("data after the end of the deflate stream")
+                    inflater = zlib.decompressobj(_GZIP_WBITS)  # a further gzip member
                 out += inflater.decompress(chunk, min(_READ_CHUNK, limit + 1 - len(out)))
                 if len(out) > limit:
                     raise _too_large("decompressed body", limit)
                 chunk = inflater.unconsumed_tail or inflater.unused_data
     except zlib.error as exc:
-        raise Rejected(400, "bad_gzip", f"body is not valid gzip: {exc}") from None
-    if not inflater.eof:
-        raise Rejected(400, "bad_gzip", "body is not valid gzip: it ends before the gzip stream")
+        raise Rejected(400, "bad_gzip", f"body is not valid {name}: {exc}") from None
+    if inflater is None or not inflater.eof:
+        raise Rejected(400, "bad_gzip", f"body is not valid {name}: it ends before the stream")
     return bytes(out)
+
+
+def _zlib_header(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
 
 
 def parse_body(body: bytes, mimetype: str, charset: str | None, max_line: int) -> Lines:

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from service.parsing import STREAM_NAME
 from service.writer import Ack, parse_ack
+
+OTLP_FORMATS = ("records", "otlp")  # one JSON line per record; one OTLP/JSON LogsData per line
 
 _SIZE = re.compile(r"(\d+)\s*([KMG]i?B?|B)?", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -35,6 +38,8 @@ class Settings:
     body_timeout: float = 10.0
     idle_timeout: float = 5.0
     max_connections: int = 1000
+    otlp_stream: str = "unknown_service"  # what the OTel SDKs call a service left unnamed
+    otlp_format: str = "records"
     tokens: tuple[str, ...] = field(default=(), repr=False)  # never printed or logged
     metrics_auth: bool = False
 
@@ -62,6 +67,8 @@ class Settings:
             body_timeout=read("BODY_TIMEOUT", _seconds, d.body_timeout),
             idle_timeout=read("IDLE_TIMEOUT", _seconds, d.idle_timeout),
             max_connections=read("MAX_CONNECTIONS", _positive_int, d.max_connections),
+            otlp_stream=read("OTLP_STREAM", _stream_name, d.otlp_stream),
+            otlp_format=read("OTLP_FORMAT", _one_of(OTLP_FORMATS), d.otlp_format),
             tokens=read("TOKENS", _token_list, ()) + read("TOKENS_FILE", _token_file, ()),
             metrics_auth=read("METRICS_AUTH", _boolean, d.metrics_auth),
         )
@@ -153,6 +160,21 @@ def _size(name: str, text: str) -> int:
         raise SettingsError(f"{name} must be a size in bytes such as 8388608 or 8MiB, got {text!r}")
     unit = (match[2] or "").upper().rstrip("B").rstrip("I") or ""
     return int(match[1]) * _UNITS[unit]
+
+
+def _stream_name(name: str, text: str) -> str:
+    if not STREAM_NAME.fullmatch(text):
+        raise SettingsError(f"{name} must be a stream name ({STREAM_NAME.pattern}), got {text!r}")
+    return text
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, text: str) -> str:
+        if text not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
 
 
 def _ack(name: str, text: str) -> Ack:

@@ -3,6 +3,7 @@
 Its life reads like logging.handlers.QueueListener:
   start()  starts the consumer thread.
   put()    queues one request's lines (request threads); waits briefly while the queue is full.
+           put_all() queues a request's lines for several streams, all or none.
   stop()   refuses further puts and queues the pill; the thread writes everything queued before
            the pill, fsyncs and closes every file, and ends; stop() joins it.
 
@@ -145,7 +146,13 @@ class Writer:
 
     def put(self, entry: Entry, timeout: float) -> None:
         """Queue a request's lines; QueueFull if no room comes within `timeout` seconds."""
-        size = len(entry.data)
+        self.put_all([entry], timeout)
+
+    def put_all(self, entries: list[Entry], timeout: float) -> None:
+        """Queue a request's entries (one per stream it writes to) all together, or none:
+        QueueFull if no room for all of them comes within `timeout` seconds."""
+        size = sum(len(entry.data) for entry in entries)
+        lines = sum(entry.lines for entry in entries)
         with self._lock:
             # A request always fits an empty queue, so a large one cannot wait forever.
             has_room = self._not_full.wait_for(
@@ -163,15 +170,16 @@ class Writer:
                 self._publish_readiness()
                 raise QueueFull
             self._pending_bytes += size
-            self._pending_lines += entry.lines
-            if entry.ack == "fsync":
-                self._group_commit.queued += 1
-            urgent = entry.ack != "queued" or self._pending_bytes >= min(
-                _BATCH_BYTES, self._limit // 2
-            )
-            self._enqueue(entry, urgent)
-        metrics.lines_received.inc(entry.lines)
-        metrics.queue_depth.inc(entry.lines)
+            self._pending_lines += lines
+            for entry in entries:
+                if entry.ack == "fsync":
+                    self._group_commit.queued += 1
+                urgent = entry.ack != "queued" or self._pending_bytes >= min(
+                    _BATCH_BYTES, self._limit // 2
+                )
+                self._enqueue(entry, urgent)
+        metrics.lines_received.inc(lines)
+        metrics.queue_depth.inc(lines)
         metrics.queue_bytes.inc(size)
 
     def stop(self) -> None:
