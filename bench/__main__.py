@@ -6,7 +6,9 @@ settings (and its fsync-per-request variant); nginx writing $request_body to its
 Group commit is also measured where an fsync costs what it does on a hard disk: ack=fsync
 and the naive fsync-per-request app on a disk capped at --iops write IOPS (bench.disks).
 Once per run, bench.silent measures a client's latency against silent connections (TCP
-connections that send nothing), logwriter against the naive app's stock gthread worker.
+connections that send nothing), logwriter against the naive app's stock gthread worker, and
+bench.otlp measures OTLP/HTTP logs in (protobuf and OTLP/JSON) against the same records sent
+as NDJSON.
 Every case runs each contender once per round, rounds interleaved and each starting with
 another contender, so that the noise of a shared machine hits all of them alike. Each figure
 is the median of the rounds, with its spread (min-max). Results go to bench/results/
@@ -21,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import measurement, report, silent
+from bench import measurement, otlp, report, silent
 from bench.contenders import RAW_DISK, contenders_for, ensure_tools
 from bench.workloads import DURABLE_CONNS, Case, capped_disk_cases, every_case, full_cases
 
@@ -45,6 +47,12 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=15,
         help="seconds of each silent-connections measurement (default 15; 0: none)",
+    )
+    parser.add_argument(
+        "--otlp",
+        type=float,
+        default=5,
+        help="seconds of each OTLP measurement, --rounds rounds of them (default 5; 0: none)",
     )
     parser.add_argument(
         "--iops",
@@ -91,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     overloaded = measurement.overload_run(overload_seconds) if overload_seconds else None
     silent_seconds = min(args.silent, 3) if args.smoke else args.silent
     silenced = silent.run(silent_seconds) if silent_seconds else None
+    otlp_seconds = min(args.otlp, 1) if args.smoke else args.otlp
+    otlp_result = otlp.run(otlp_seconds, rounds) if otlp_seconds else None
 
     text = report.write(
         out,
@@ -103,13 +113,18 @@ def main(argv: list[str] | None = None) -> None:
         load_generator_requests_per_s=capacity,
         overloaded=overloaded,
         silenced=silenced,
+        otlp_result=otlp_result,
         with_plots=not args.smoke,
     )
     print(text)
     print(f"\nwritten to {out}")
     failed = [
         name
-        for name, result in (("overload", overloaded), ("silent connections", silenced))
+        for name, result in (
+            ("overload", overloaded),
+            ("silent connections", silenced),
+            ("otlp", otlp_result),
+        )
         if result and result["problems"]
     ]
     if failed:

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import overload, silent
+from bench import otlp, overload, silent
 from bench.contenders import RAW_DISK
 from bench.targets import CONTENDER_RATIOS, WORKER_SCALING
 from bench.workloads import LINE_BYTES, SIZES, THREADS, WORKERS, Case
@@ -97,6 +97,22 @@ def verdict(what: str, ratio: float | None, goal: float) -> list[str]:
         return []
     met = "met" if ratio >= goal else f"MISSED by {(goal - ratio) / goal:.1%}"
     return [f"- {what}: {ratio:.2f}x (target >= {goal:g}x): {met}"]
+
+
+def otlp_targets(result: dict[str, Any] | None) -> list[str]:
+    """bench.otlp's targets (bench.targets.OTLP_RATIOS), with its verdict and whether each
+    reached its aim; none if it did not run."""
+    checks = []
+    for target in result["targets"] if result else []:
+        lines = verdict(
+            f"{otlp.case_text(result)}: {target['what']}", target["ratio"], target["goal"]
+        )
+        aim, ratio = target["aim"], target["ratio"]
+        if lines and aim:
+            reached = "reached" if ratio >= aim else f"short by {(aim - ratio) / aim:.1%}"
+            lines[0] += f"; aim {aim:g}x: {reached}"
+        checks += lines
+    return checks
 
 
 def group_commit(runs: Runs) -> list[str]:
@@ -193,13 +209,14 @@ def write(
     load_generator_requests_per_s: float,
     overloaded: dict[str, Any] | None,
     silenced: dict[str, Any] | None = None,
+    otlp_result: dict[str, Any] | None = None,
     with_plots: bool,
 ) -> str:
     """results.md, results.json and (with_plots) the plots, into out; returns results.md.
 
     `iops` is the capped disk's (0: no capped-disk cases); `disk_bytes` were appended to
     measure `disk_sustained_mb_per_s`; `overloaded` is overload.run's result, `silenced`
-    silent.run's, if they ran."""
+    silent.run's, `otlp_result` otlp.run's, if they ran."""
     capacity = load_generator_requests_per_s
     busiest = max(
         median(runs, "lines_per_s") / case.lines
@@ -232,6 +249,7 @@ def write(
         *capped_note,
         "\n## Targets\n",
         *targets(results),
+        *otlp_targets(otlp_result),
         "\n## All cases\n",
         table(results),
     ]
@@ -239,6 +257,13 @@ def write(
         report += ["\n## Overload\n", overload.report(overloaded)]
     if silenced:
         report += ["\n## Silent connections\n", silent.report(silenced)]
+    if otlp_result:
+        report += [
+            "\n## OTLP/HTTP logs in\n",
+            otlp.report(otlp_result),
+            "",
+            *otlp_targets(otlp_result),
+        ]
     made = plots(results, out) if with_plots else []
     report += [f"\n![{name}]({name})" for name in made]
     text = "\n".join(report)
@@ -253,6 +278,7 @@ def write(
                 "disk_sustained_mb_per_s": disk_sustained_mb_per_s,
                 "overload": overloaded,
                 "silent_connections": silenced,
+                "otlp": otlp_result,
             },
             indent=1,
         )

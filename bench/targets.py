@@ -1,5 +1,6 @@
 """The speed targets, as data: which two medians of lines/s each one compares, and the
-ratio between them it sets as the goal. bench.report evaluates them."""
+ratio between them it sets as the goal. bench.report evaluates them (bench.otlp works out the
+ratios of its own case)."""
 
 from dataclasses import dataclass
 
@@ -54,3 +55,20 @@ CONTENDER_RATIOS = [
     ),
 ]
 WORKER_SCALING = [WorkerScaling("logwriter", 32, 1.0)]
+
+
+@dataclass(frozen=True)
+class VariantRatio:
+    """In bench.otlp's case: the records/s of the same records sent as `numerator` over those
+    sent as `denominator` (bench.otlp.VARIANTS)."""
+
+    what: str
+    numerator: str
+    denominator: str
+    goal: float  # the least ratio that meets the target
+    aim: float | None = None  # what it aims for beyond that
+
+
+OTLP_RATIOS = [
+    VariantRatio("OTLP protobuf / NDJSON of the same records", "otlp", "ndjson", 0.3, aim=0.5)
+]

@@ -11,6 +11,12 @@ SIZES = (1, 100, 1000)  # lines per body
 CONNECTIONS = (1, 8, 32, 128)
 WORKERS = (1, 2, 4)
 DURABLE_CONNS = 32  # the ack and fsync comparisons run at this many connections
+CONTENT_TYPES = {  # by body kind: BODIES', then bench.otlp's requests
+    "text": "text/plain",
+    "ndjson": "application/x-ndjson",
+    "otlp": "application/x-protobuf",
+    "otlp-json": "application/json",
+}
 
 
 @dataclass(frozen=True)
@@ -18,13 +24,13 @@ class Case:
     lines: int  # lines per request body
     conns: int  # keep-alive connections
     workers: int
-    body: str = "text"  # or "ndjson"
+    body: str = "text"  # or "ndjson"; the OTLP kinds of CONTENT_TYPES are bench.otlp's
     threads: int = THREADS  # request threads per worker
     iops: int = 0  # writes to the log folder's disk capped at this many a second; 0: no cap
 
     @property
     def content_type(self) -> str:
-        return "application/x-ndjson" if self.body == "ndjson" else "text/plain"
+        return CONTENT_TYPES[self.body]
 
     def __str__(self) -> str:
         text = f"{self.body} {self.lines} lines/req, {self.conns} conns, {self.workers} workers"
