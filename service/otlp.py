@@ -27,6 +27,7 @@ from json.encoder import encode_basestring as _string  # C: '"..."', non-ASCII k
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogsData
@@ -66,7 +67,10 @@ def decode(body: bytes, content_type: str) -> ExportLogsServiceRequest:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise BadRequest("body is not a JSON object (an ExportLogsServiceRequest)")
-    _ids_to_base64(message)
+    try:
+        _prepare_json(message, ExportLogsServiceRequest.DESCRIPTOR, "request")
+    except RecursionError:
+        raise BadRequest("body nests too deep to be an ExportLogsServiceRequest") from None
     try:
         return json_format.ParseDict(
             message, ExportLogsServiceRequest(), ignore_unknown_fields=True
@@ -79,38 +83,96 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _ids_to_base64(message: dict[str, Any]) -> None:
-    where = "resourceLogs"
+def _prepare_json(message: dict[str, Any], descriptor: Descriptor, where: str) -> None:
+    """Check every known field's JSON type against the message's descriptor, where
+    json_format would take a wrong one (a bool for a number, an unknown enum name) as a
+    value; turn trace and span ids from hex into base64; and of a oneof sent with several
+    members keep the last, as the Collector reads it (json_format refuses two)."""
+    for key in list(message):
+        field = descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
+        value = message[key]
+        if field is None or value is None:
+            continue
+        path = f"{where}.{field.json_name}"
+        if field.name in _IDS:
+            message[key] = _hex_to_base64(value, _IDS[field.name], path)
+        elif field.is_repeated:
+            if not isinstance(value, list):
+                raise BadRequest(f"{path} must be an array")
+            for i, item in enumerate(value):
+                _check_field(field, item, f"{path}[{i}]")
+        else:
+            _check_field(field, value, path)
+    for oneof in descriptor.oneofs:
+        sent = [
+            key
+            for key, value in message.items()
+            if value is not None and _field_named(descriptor, key) in oneof.fields
+        ]
+        for key in sent[:-1]:
+            del message[key]
+
+
+def _field_named(descriptor: Descriptor, key: str) -> FieldDescriptor | None:
+    return descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
+
+
+def _check_field(field: FieldDescriptor, value: Any, path: str) -> None:
+    if value is None:
+        return
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if not isinstance(value, dict):
+            raise BadRequest(f"{path} must be an object")
+        _prepare_json(value, field.message_type, path)
+        return
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        allowed = isinstance(value, str) and _is_base64(value)
+    elif field.type == FieldDescriptor.TYPE_ENUM:
+        names = field.enum_type.values_by_name
+        allowed = isinstance(value, int) or (isinstance(value, str) and value in names)
+    else:
+        allowed = isinstance(value, _JSON_TYPES.get(field.type, (str,)))
+    if not allowed or (isinstance(value, bool) and field.type != FieldDescriptor.TYPE_BOOL):
+        raise BadRequest(f"{path} must not be {json.dumps(value)[:40]}")
+
+
+# The JSON types proto3's mapping allows a scalar field (numbers' strings are checked after).
+_JSON_TYPES: dict[int, tuple[type, ...]] = {
+    **dict.fromkeys(
+        (
+            FieldDescriptor.TYPE_INT32,
+            FieldDescriptor.TYPE_INT64,
+            FieldDescriptor.TYPE_UINT32,
+            FieldDescriptor.TYPE_UINT64,
+            FieldDescriptor.TYPE_SINT32,
+            FieldDescriptor.TYPE_SINT64,
+            FieldDescriptor.TYPE_FIXED32,
+            FieldDescriptor.TYPE_FIXED64,
+            FieldDescriptor.TYPE_SFIXED32,
+            FieldDescriptor.TYPE_SFIXED64,
+        ),
+        (int, str),
+    ),
+    FieldDescriptor.TYPE_DOUBLE: (int, float, str),
+    FieldDescriptor.TYPE_FLOAT: (int, float, str),
+    FieldDescriptor.TYPE_BOOL: (bool,),
+}
+_IDS = {"trace_id": 16, "span_id": 8}  # bytes fields that OTLP/JSON writes in hex
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")  # proto3's JSON: standard or URL-safe
+
+
+def _is_base64(text: str) -> bool:
+    # json_format's own decoding drops what is not in the alphabet, rather than refuse it.
+    return bool(_BASE64.fullmatch(text)) and len(text.rstrip("=")) % 4 != 1
+
+
+def _hex_to_base64(value: Any, size: int, path: str) -> str:
     try:
-        for i, resource_logs in enumerate(_items(message, "resourceLogs")):
-            for j, scope_logs in enumerate(_items(resource_logs, "scopeLogs")):
-                for k, record in enumerate(_items(scope_logs, "logRecords")):
-                    where = f"resourceLogs[{i}].scopeLogs[{j}].logRecords[{k}]"
-                    for key, size in (("traceId", 16), ("spanId", 8)):
-                        for name in (key, _snake(key)):
-                            if record.get(name):
-                                record[name] = _hex_to_base64(record[name], size, key)
-    except (AttributeError, TypeError) as exc:
-        raise BadRequest(f"{where}: not an OTLP/JSON ExportLogsServiceRequest ({exc})") from None
-    except BadRequest as exc:
-        raise BadRequest(f"{where}: {exc}") from None
-
-
-def _items(message: dict[str, Any], key: str) -> list[Any]:
-    return message.get(key) or message.get(_snake(key)) or []
-
-
-def _snake(key: str) -> str:
-    return re.sub("([A-Z])", lambda m: "_" + m[1].lower(), key)
-
-
-def _hex_to_base64(value: Any, size: int, key: str) -> str:
-    try:
-        raw = bytes.fromhex(value) if isinstance(value, str) else b""
+        raw = bytes.fromhex(value) if isinstance(value, str) else None
     except ValueError:
-        raw = b""
-    if len(raw) != size:
-        raise BadRequest(f"{key} must be {2 * size} hex digits (not base64), got {value!r}")
+        raw = None
+    if raw is None or len(raw) not in (0, size):
+        raise BadRequest(f"{path} must be {2 * size} hex digits (not base64), got {value!r}")
     return base64.b64encode(raw).decode()
 
 
@@ -280,9 +342,10 @@ def _logs_data_line(group: list[Any]) -> str:
     for resource_logs in message.get("resourceLogs", ()):
         for scope_logs in resource_logs.get("scopeLogs", ()):
             for record in scope_logs.get("logRecords", ()):
-                for key in ("traceId", "spanId"):
+                for key, size in (("traceId", 16), ("spanId", 8)):
                     if key in record:
-                        record[key] = base64.b64decode(record[key]).hex()
+                        raw = base64.b64decode(record[key])
+                        record[key] = _id(raw, size, key)
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
