@@ -45,6 +45,7 @@ _SHORT_NAMES = {
     for block, level in enumerate(("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"))
     for index, number in enumerate(range(4 * block + 1, 4 * block + 5))
 }
+_SECONDS: dict[int, str] = {}  # whole seconds since the epoch -> "YYYY-MM-DDTHH:MM:SS"
 # google.rpc.Code for the HTTP statuses the OTLP routes answer with.
 _RPC_CODES = {400: 3, 401: 16, 403: 7, 408: 4, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
 
@@ -245,33 +246,40 @@ def _record_lines(resource_logs: Any, received_ns: int) -> Iterable[str]:
 def _record(r: Any, received_ns: int) -> str:
     """A record's line up to its resource: the keys in the order the README gives."""
     observed = r.observed_time_unix_nano
-    parts = ['{"time":"', _time(r.time_unix_nano or observed or received_ns), '"']
+    line = f'{{"time":"{_time(r.time_unix_nano or observed or received_ns)}"'
     if observed:
-        parts += ',"observed_time":"', _time(observed), '"'
-    parts.append(_severity(r.severity_text, r.severity_number))
-    if r.body.WhichOneof("value"):
-        parts += ',"body":', _value(r.body)
+        line += f',"observed_time":"{_time(observed)}"'
+    line += _severity(r.severity_text, r.severity_number)
+    body = r.body
+    text = body.string_value  # the common body, without WhichOneof
+    if text:
+        line += ',"body":' + _string(text)
+    elif body.WhichOneof("value"):
+        line += ',"body":' + _value(body)
     if r.attributes:
-        parts += ',"attributes":', _object(r.attributes)
-    if r.trace_id.strip(b"\0"):
-        parts += ',"trace_id":"', _id(r.trace_id, 16, "trace_id"), '"'
-    if r.span_id.strip(b"\0"):
-        parts += ',"span_id":"', _id(r.span_id, 8, "span_id"), '"'
+        line += ',"attributes":' + _object(r.attributes)
+    trace_id, span_id = r.trace_id, r.span_id
+    if trace_id.strip(b"\0"):
+        line += f',"trace_id":"{_id(trace_id, 16, "trace_id")}"'
+    if span_id.strip(b"\0"):
+        line += f',"span_id":"{_id(span_id, 8, "span_id")}"'
     if r.flags:
-        parts.append(f',"flags":{r.flags}')
+        line += f',"flags":{r.flags}'
     if r.event_name:
-        parts += ',"event_name":', _string(r.event_name)
-    return "".join(parts)
+        line += ',"event_name":' + _string(r.event_name)
+    return line
 
 
 def _time(ns: int) -> str:
     seconds, fraction = divmod(ns, _NS)
-    return f"{_second(seconds)}.{fraction:09d}Z"
+    return f"{_SECONDS.get(seconds) or _second(seconds)}.{fraction:09d}Z"
 
 
-@lru_cache(maxsize=1024)
 def _second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if len(_SECONDS) >= 4096:
+        _SECONDS.clear()
+    text = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return text
 
 
 @lru_cache(maxsize=1024)
