@@ -97,8 +97,10 @@ def start(
     logwriter_env: dict[str, str] | None = None,
     threads: int = THREADS,
     prefix: list[str] | None = None,
+    naive_options: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start a contender; `prefix` goes before its command (such as disks.write_iops_cap's)."""
+    """Start a contender; `prefix` goes before its command (such as disks.write_iops_cap's);
+    `naive_options`, Gunicorn options for the naive app, after (and over) its own."""
     port = free_port()
     logs = logs or tmp / "logs"
     logs.mkdir(exist_ok=True)
@@ -129,6 +131,7 @@ def start(
             "--bind",
             f"127.0.0.1:{port}",
             "--no-control-socket",
+            *(arg for option in (naive_options or {}).items() for arg in option),
             "bench.naive:app",
         ]
     else:

@@ -27,8 +27,6 @@ import os
 import resource
 import selectors
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.contenders import ROOT, Contender, free_port, start, stop, wait_for_port
+from bench.contenders import Contender, start, stop
 from bench.measurement import process_tree
 from bench.workloads import THREADS
 
@@ -311,31 +309,6 @@ def threads_in_epoll(pid: int) -> int:
     return max(looks)
 
 
-def start_naive_held(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """The naive app as bench.contenders.start runs it, with HELD_SETTINGS["naive"] after its
-    options (start() has no way to pass Gunicorn options, and takes the command line's over
-    GUNICORN_CMD_ARGS)."""
-    port = free_port()
-    logs = tmp / "logs"
-    logs.mkdir(exist_ok=True)
-    env = {**os.environ, "NAIVE_FILE": str(logs / "naive.log"), "NAIVE_FSYNC": "0"}
-    command = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1"]
-    command += ["--threads", str(THREADS), "--bind", f"127.0.0.1:{port}", "--no-control-socket"]
-    command += [arg for option in HELD_SETTINGS["naive"].items() for arg in option]
-    with (tmp / "naive.out").open("wb") as out:
-        proc = subprocess.Popen(
-            [*command, "bench.naive:app"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for_port(port, proc)
-    except RuntimeError:
-        proc.kill()
-        proc.wait()
-        raise
-    time.sleep(0.5)  # the worker up
-    return proc, port
-
-
 def client_file(name: str, tmp: Path) -> Path:
     return tmp / "logs" / ("silent.log" if name == "logwriter" else "naive.log")
 
@@ -372,12 +345,10 @@ def measure_held(name: str, held: int, seconds: float) -> dict[str, Any]:
     connections."""
     with tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        if name == "logwriter":
-            proc, port = start(
-                Contender(name, name), 1, tmp, logwriter_env=HELD_SETTINGS[name], threads=THREADS
-            )
-        else:
-            proc, port = start_naive_held(tmp)
+        settings = {
+            "logwriter_env" if name == "logwriter" else "naive_options": HELD_SETTINGS[name]
+        }
+        proc, port = start(Contender(name, name), 1, tmp, threads=THREADS, **settings)
         try:
             (worker,) = process_tree(proc.pid)[1:]
             setup_ends = time.monotonic() + SETUP_SECONDS
