@@ -8,6 +8,7 @@ import json
 import random
 import re
 import signal
+import socket
 import threading
 import time
 import zlib
@@ -19,6 +20,7 @@ import pytest
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.logs.v1.logs_pb2 import LogsData
 from support import (
     Logwriters,
     Service,
@@ -31,6 +33,7 @@ from support import (
 from test_otlp_unit import (
     DATA,
     TRACE,
+    hex_ids,
     json_request,
     record,
     reference_lines,
@@ -199,7 +202,7 @@ def test_a_gzip_bomb_is_413_and_costs_no_more_memory_than_the_body_limit(
     assert warm.status == 200
     (service.dir / "py-demo.log").unlink()
     before = peak_rss_mib(worker)
-    bomb = gzip_bomb(1 << 30)  # 1 GiB of zeros inflated (a valid protobuf of nothing), 1 MiB sent
+    bomb = gzip_bomb(256 << 20)  # 256 MiB of zeros inflated, 32 times the limit; 256 KB sent
     answer = service.request(
         "POST", "/otlp/v1/logs", bomb, {**PROTOBUF, "Content-Encoding": "gzip"}
     )
@@ -210,6 +213,46 @@ def test_a_gzip_bomb_is_413_and_costs_no_more_memory_than_the_body_limit(
     assert grown < 8 * 1.5, f"peak RSS grew by {grown:.1f} MiB for an 8 MiB limit"
     assert list(service.dir.iterdir()) == []
     assert sample(service, "logwriter_rejected_requests_total", reason="too_large") == 1
+
+
+def test_a_body_that_does_not_arrive_in_time_is_503_which_otlp_clients_retry(
+    start_logwriter: Logwriters,
+):
+    # OTLP clients drop a batch on a 408 and retry a 503: the OTLP routes answer 503.
+    service = start_logwriter(env={"LOGWRITER_BODY_TIMEOUT": "1"})
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        head = (
+            b"POST /otlp/v1/logs HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/x-protobuf\r\nContent-Length: %d\r\n\r\n" % len(SAMPLE)
+        )
+        sock.sendall(head + SAMPLE[:100])
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        assert (answer.status, answer.getheader("Retry-After")) == (503, "1")
+        assert answer.getheader("Content-Type") == "application/x-protobuf"
+        status = status_pb2.Status.FromString(answer.read())
+        assert status.code == code_pb2.UNAVAILABLE and "took longer than 1 s" in status.message
+    assert files(service) == {}
+
+
+def test_otlp_stream_and_otlp_format_settings(start_logwriter: Logwriters):
+    service = start_logwriter(
+        env={"LOGWRITER_OTLP_STREAM": "otel-default", "LOGWRITER_OTLP_FORMAT": "otlp"}
+    )
+    message = request(
+        resource_logs([record(time_unix_nano=5, body="no service", trace_id=TRACE)]),
+        resource_logs([record(body="named", severity_number=9)], service="checkout"),
+        resource_logs([record(body="also unnamed")], service="日本"),
+    )
+    answer = service.request("POST", "/otlp/v1/logs", message.SerializeToString(), PROTOBUF)
+    assert (answer.status, answer.body) == (200, b"")
+    written = files(service)
+    assert set(written) == {"otel-default", "checkout"}
+    for name, groups in [("otel-default", [0, 2]), ("checkout", [1])]:
+        (line,) = written[name].splitlines()  # one LogsData per stream and request
+        logs_data = json_format.ParseDict(hex_ids(json.loads(line), encode=False), LogsData())
+        assert logs_data == LogsData(resource_logs=[message.resource_logs[i] for i in groups])
+    assert f'"traceId":"{TRACE}"'.encode() in written["otel-default"]
 
 
 @pytest.mark.root
