@@ -140,7 +140,8 @@ class Files:
         self._problems: set[str] = set()  # said once each
         resumed = self._resume(checkpoint)
         for path in self._paths:
-            self._open_current(path, at_end=from_end and path not in resumed)
+            if path not in self._current:
+                self._open_current(path, at_end=from_end and path not in resumed)
 
     def read(self) -> list[Chunk]:
         """Up to batch_bytes of whole lines, rotated files first, after looking for rotation

@@ -56,7 +56,7 @@ def _join_or_stop(thread: threading.Thread) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     token = os.environ.get("LOGWRITER_TOKEN")
     if args.token_file:
         with open(args.token_file, encoding="utf-8") as file:
@@ -165,13 +165,13 @@ def _ship_stdin(client: Client, args: argparse.Namespace) -> int:
 
 class _StdinReader(threading.Thread):
     """Reads stdin into the sender, whole lines at a time; a line longer than a batch goes in
-    pieces, and a last line without a newline gets one."""
+    pieces (as follow.Files cuts them), and a last line without a newline gets one."""
 
     def __init__(self, sender: Sender, fd: int, batch_bytes: int) -> None:
         super().__init__(name="logwriter-ship-stdin", daemon=True)  # a stop leaves it blocked
         self._sender = sender
         self._fd = fd
-        self._longest = batch_bytes - 1  # a line and its newline fill a batch
+        self._longest = batch_bytes
         self.lines = 0  # read so far, as the service counts them
         self.error: OSError | None = None
 
@@ -179,15 +179,15 @@ class _StdinReader(threading.Thread):
         rest = b""
         try:
             while True:
-                chunk = os.read(self._fd, _READ_BYTES)
+                # Reads no longer than a line may be: only the first line can be too long.
+                chunk = os.read(self._fd, min(_READ_BYTES, self._longest))
                 if not chunk:
                     break
                 data = rest + chunk
-                end = data.rfind(b"\n") + 1
-                while not end and len(data) > self._longest:
+                while len(data) > self._longest and data.find(b"\n", 0, self._longest + 1) < 0:
                     self._put(data[: self._longest] + b"\n")
                     data = data[self._longest :]
-                    end = data.rfind(b"\n") + 1
+                end = data.rfind(b"\n") + 1
                 if end:
                     self._put(data[:end])
                 rest = data[end:]
