@@ -92,6 +92,23 @@ def test_copytruncate_reads_what_was_not_read_yet_from_the_copy(tmp_path: Path):
     assert drain(files) == b"unread at the copy\nafter the truncate\n"
 
 
+def test_a_copy_that_was_read_whole_already_is_no_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    # Lines that came between logrotate's copy and its truncate were read from the file
+    # itself: the copy has nothing more, and nothing is missing.
+    log = tmp_path / "app.log"
+    log.write_bytes(b"copied\n")
+    shutil.copyfile(log, tmp_path / "app.log.1")
+    append(log, b"after the copy\n")
+    files = follow(log)
+    assert drain(files) == b"copied\nafter the copy\n"
+    os.truncate(log, 0)
+    append(log, b"new\n")
+    assert drain(files) == b"new\n"
+    assert capsys.readouterr().err == ""
+
+
 def test_copytruncate_without_a_copy_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture):
     log = tmp_path / "app.log"
     log.write_bytes(b"read before\n")

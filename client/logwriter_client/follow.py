@@ -67,6 +67,7 @@ class Tail:
         self._recent = os.pread(fd, offset - start, start)  # the bytes before offset
         self.acked = offset  # the service has acknowledged this far
         self.acked_fingerprint = self.mark()
+        self.head = os.pread(fd, FINGERPRINT_BYTES, 0)  # a copy of this file starts the same
         self._size = stat.st_size
         self._grew_at = time.monotonic()
 
@@ -82,7 +83,7 @@ class Tail:
     def restart(self) -> None:
         """Read the file again from its start: it was truncated, and holds new lines only."""
         self.offset = self.acked = 0
-        self._recent = b""
+        self._recent = self.head = b""
         self.acked_fingerprint = fingerprint(b"")
 
     def quiet_for(self) -> float:
@@ -100,6 +101,8 @@ class Tail:
         """Up to `budget` bytes of whole lines from `offset`. With `cut`, a line longer than
         `budget` goes in pieces; with `final`, a last line with no newline goes as it is."""
         data = os.pread(self.fd, budget, self.offset)
+        if len(self.head) < FINGERPRINT_BYTES:
+            self.head = os.pread(self.fd, FINGERPRINT_BYTES, 0)
         end = data.rfind(b"\n") + 1
         if not end:
             if not data or not (final or (cut and len(data) == budget)):
@@ -222,7 +225,7 @@ class Files:
                 found = self._find(path, None, tail.offset, tail.mark())
                 if found is not None:
                     self._rotated.append(Tail(path, found[1], tail.offset, rotated=True))
-                else:
+                elif not self._read_whole_already(path, tail):
                     self._problem(
                         f"{path} was truncated and its copy is not found: what was written to "
                         f"it after byte {tail.offset}, before the truncation, was not shipped"
@@ -279,6 +282,24 @@ class Files:
             else:
                 os.close(fd)
         return None if best is None else (best[1], best[2])
+
+    def _read_whole_already(self, path: str, tail: Tail) -> bool:
+        """Whether a sibling starts like `tail`'s file and is no longer than what was read of
+        it: a copy made before lines that were read came (between copy and truncate)."""
+        folder, base = os.path.split(path)
+        for name in os.listdir(folder):
+            sibling = os.path.join(folder, name)
+            if not name.startswith(base) or name == base:
+                continue
+            try:
+                with open(sibling, "rb") as file:
+                    starts = file.read(len(tail.head))
+                    size = os.fstat(file.fileno()).st_size
+            except OSError:
+                continue
+            if starts and tail.head.startswith(starts) and size <= tail.offset:
+                return True
+        return False
 
     def _id(self, path: str) -> tuple[int, int] | None:
         try:

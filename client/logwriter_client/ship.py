@@ -32,24 +32,18 @@ from logwriter_client.sender import Sender
 _READ_BYTES = 1 << 16
 
 
-class _Stop(Exception):
-    """A SIGTERM or SIGINT came."""
-
-
-def _stop(signum: int, frame: object) -> None:
-    raise _Stop
-
-
 def _join_or_stop(thread: threading.Thread) -> bool:
     """Wait for `thread` to end; True if a SIGTERM or SIGINT came first. Any signal after that
     ends the process at once."""
+    signals: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop)
+        signal.signal(sig, lambda signum, frame: signals.append(signum))
     try:
-        thread.join()
-        return False
-    except _Stop:
-        return True
+        # A handler only notes the signal: one that raised would interrupt Thread.join(), which
+        # then takes the thread for ended while it still runs.
+        while thread.is_alive() and not signals:
+            thread.join(0.1)
+        return bool(signals)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
