@@ -131,19 +131,7 @@ def post_otlp_logs(stream: str | None) -> Response:
                 "use application/x-protobuf or application/json",
             )
         ack = _ack_mode(req.args.get("ack"), settings.ack)
-        body = _read_otlp_body(parts, req)
-        try:
-            request_message = otlp.decode(body, content_type)
-            batch = otlp.to_lines(
-                request_message,
-                stream,
-                settings.otlp_stream,
-                settings.otlp_format,
-                time.time_ns(),
-                settings.max_line_bytes,
-            )
-        except otlp.BadRequest as exc:
-            raise Rejected(400, "bad_otlp", str(exc)) from None
+        batch = _otlp_batch(settings, _read_otlp_body(parts, req), content_type, stream)
         entries = [
             Entry(name, lines.data, lines.count, ack) for name, lines in batch.streams.items()
         ]
@@ -167,6 +155,22 @@ def post_otlp_logs(stream: str | None) -> Response:
         )
     answer = otlp.export_response(content_type, batch.refused, message)
     return Response(answer, 200, content_type=content_type)
+
+
+def _otlp_batch(
+    settings: Settings, body: bytes, content_type: str, stream: str | None
+) -> otlp.Batch:
+    try:
+        return otlp.to_lines(
+            otlp.decode(body, content_type),
+            stream,
+            settings.otlp_stream,
+            settings.otlp_format,
+            time.time_ns(),
+            settings.max_line_bytes,
+        )
+    except otlp.BadRequest as exc:
+        raise Rejected(400, "bad_otlp", str(exc)) from None
 
 
 def _read_otlp_body(parts: Runtime, req: Request) -> bytes:
