@@ -159,6 +159,7 @@ _JSON_TYPES: dict[int, tuple[type, ...]] = {
     FieldDescriptor.TYPE_BOOL: (bool,),
 }
 _IDS = {"trace_id": 16, "span_id": 8}  # bytes fields that OTLP/JSON writes in hex
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")  # proto3's JSON: standard or URL-safe
 
 
@@ -168,10 +169,8 @@ def _is_base64(text: str) -> bool:
 
 
 def _hex_to_base64(value: Any, size: int, path: str) -> str:
-    try:
-        raw = bytes.fromhex(value) if isinstance(value, str) else None
-    except ValueError:
-        raw = None
+    # bytes.fromhex would skip spaces between the digits.
+    raw = bytes.fromhex(value) if isinstance(value, str) and _HEX.fullmatch(value) else None
     if raw is None or len(raw) not in (0, size):
         raise BadRequest(f"{path} must be {2 * size} hex digits (not base64), got {value!r}")
     return base64.b64encode(raw).decode()

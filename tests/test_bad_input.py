@@ -78,7 +78,7 @@ BAD = [
         415,
         "Content-Type",
     ),
-    ("encoding", "POST", "/v1/logs/s12", b"x", {"Content-Encoding": "deflate"}, 415, "Encoding"),
+    ("encoding", "POST", "/v1/logs/s12", b"x", {"Content-Encoding": "br"}, 415, "Encoding"),
 ]
 
 
