@@ -11,8 +11,9 @@ Two figures, each against its target (bench.targets style, evaluated here):
   kept-alive Client.send() per record); target: ≥ 20x the kept-alive one.
 
 Each contender runs once per round, rounds interleaved, against one logwriter (1 worker) that
-this starts in a temporary folder; each figure is the median of the rounds. --smoke: one short
-round, which checks that everything runs and that every record arrived, asserting no speed.
+this starts in a temporary folder; each figure is the median of the rounds, with its spread.
+--smoke: one short round, which checks that everything runs and that every record arrived,
+asserting no speed.
 
     python -m bench.client [--smoke] [--rounds N]
 """
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
         finally:
             _stop(service[0])
-    _report({key: statistics.median(values) for key, values in results.items()}, args.smoke)
+    _report(results, args.smoke)
 
 
 def _measurements(
@@ -150,9 +151,12 @@ def _throughput_client(url: str, count: int) -> dict[str, float]:
     return {"records/s": count / took}
 
 
-def _report(figures: dict[str, float], smoke: bool) -> None:
+def _report(results: dict[str, list[float]], smoke: bool) -> None:
+    """Each figure's median over the rounds, with its spread (min-max), then the targets."""
+    figures = {key: statistics.median(values) for key, values in results.items()}
     for key, value in figures.items():
-        print(f"{key:40} {value:12,.1f}")
+        spread = f"({min(results[key]):,.1f}-{max(results[key]):,.1f})"
+        print(f"{key:40} {value:12,.1f}  {spread}")
     for baseline in ("HTTPHandler", "kept-alive"):
         ratio = figures["handler records/s"] / figures[f"{baseline} records/s"]
         print(f"{'handler / ' + baseline + ' records/s':40} {ratio:11.1f}x")
