@@ -7,6 +7,7 @@ create_app() only builds objects: no thread is started, no file touched. The Gun
 import functools
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from service import metrics, otlp
-from service.auth import BearerTokens
+from service.auth import BearerTokens, Token
 from service.deadlines import ReadDeadlines
 from service.files import LogFiles
 from service.parsing import check_stream_name, count_lines, parse_body, read_body
@@ -87,8 +88,7 @@ def post_logs(stream: str) -> Response:
     parts = runtime(current_app)
     body = None
     try:
-        _require_token(parts.tokens, req)
-        check_stream_name(stream)
+        _check_scope(_require_token(parts.tokens, req), [check_stream_name(stream)])
         ack = _ack_mode(req.args.get("ack"), parts.settings.ack)
         body = _read_request_body(parts, req)
         lines = parse_body(
@@ -120,9 +120,9 @@ def post_otlp_logs(stream: str | None) -> Response:
     content_type = req.mimetype if req.mimetype in _OTLP_TYPES else otlp.JSON
     batch = None
     try:
-        _require_token(parts.tokens, req)
+        token = _require_token(parts.tokens, req)
         if stream is not None:
-            check_stream_name(stream)
+            _check_scope(token, [check_stream_name(stream)])
         if req.mimetype not in _OTLP_TYPES:
             raise Rejected(
                 415,
@@ -132,6 +132,7 @@ def post_otlp_logs(stream: str | None) -> Response:
             )
         ack = _ack_mode(req.args.get("ack"), settings.ack)
         batch = _otlp_batch(settings, _read_otlp_body(parts, req), content_type, stream)
+        _check_scope(token, batch.streams)  # the whole request, or nothing of it
         entries = [
             Entry(name, lines.data, lines.count, ack) for name, lines in batch.streams.items()
         ]
@@ -216,9 +217,20 @@ def _read_request_body(parts: Runtime, req: Request) -> bytes:
             raise
 
 
-def _require_token(tokens: BearerTokens, req: Request) -> None:
-    if tokens.required and not tokens.allows(req.headers.get("Authorization")):
+def _require_token(tokens: BearerTokens, req: Request) -> Token | None:
+    """The request's token; None when no tokens are configured (anyone may write)."""
+    if not tokens.required:
+        return None
+    token = tokens.find(req.headers.get("Authorization"))
+    if token is None:
         raise Rejected(401, "unauthorized", "missing or invalid bearer token")
+    return token
+
+
+def _check_scope(token: Token | None, streams: Iterable[str]) -> None:
+    refused = [stream for stream in streams if token is not None and not token.may_write(stream)]
+    if refused:
+        raise Rejected(403, "forbidden", f"this token may not write to {', '.join(refused)}")
 
 
 def _put(writer: Writer, *entries: Entry) -> None:
@@ -269,7 +281,10 @@ def readyz() -> tuple[dict[str, str], int]:
 def metrics_view() -> Response:
     parts = runtime(current_app)
     if parts.settings.metrics_auth:
-        _require_token(parts.tokens, request)
+        token = _require_token(parts.tokens, request)
+        if token is not None and token.streams:
+            # A tenant's token, limited to some streams, may not see every stream's figures.
+            raise Rejected(403, "forbidden", "a token limited to streams may not read metrics")
     page, content_type = metrics.page()
     return Response(page, content_type=content_type)
 

@@ -23,7 +23,7 @@ from prometheus_client import multiprocess
 
 from service import metrics
 from service.app import create_app, runtime
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 
 log = logging.getLogger("logwriter")
 
@@ -46,6 +46,15 @@ class Server(BaseApplication):  # type: ignore[misc]
         # Gunicorn's control socket defaults to one path per user, which two logwriters on one
         # host would take from each other: open it only where the operator names a path.
         self.cfg.set("control_socket_disable", env_args.control_socket is None)
+
+    def reload(self) -> None:
+        # SIGHUP: read the settings again, so that the new workers take, say, a new tokens
+        # file; a bad one keeps the old settings, as a bad Gunicorn config keeps the old.
+        try:
+            self.settings = Settings.from_env()
+        except SettingsError as exc:
+            logging.getLogger("gunicorn.error").error("settings not reloaded: %s", exc)
+        super().reload()
 
     def load(self) -> Any:
         return create_app(self.settings)

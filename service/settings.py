@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from service.auth import Token
 from service.parsing import STREAM_NAME
 from service.writer import Ack, parse_ack
 
@@ -40,7 +41,7 @@ class Settings:
     max_connections: int = 1000
     otlp_stream: str = "unknown_service"  # what the OTel SDKs call a service left unnamed
     otlp_format: str = "records"
-    tokens: tuple[str, ...] = field(default=(), repr=False)  # never printed or logged
+    tokens: tuple[Token, ...] = field(default=(), repr=False)  # never printed or logged
     metrics_auth: bool = False
 
     @classmethod
@@ -111,22 +112,37 @@ def _check_template(template: str) -> None:
         raise SettingsError(problem)
 
 
-def _token_list(name: str, text: str) -> tuple[str, ...]:
-    tokens = tuple(token.strip() for token in text.split(",") if token.strip())
-    for token in tokens:
-        if any(char.isspace() for char in token) or not (token.isascii() and token.isprintable()):
-            raise SettingsError(f"{name}: a token must be printable ASCII without spaces")
-    return tokens
+def _token_list(name: str, text: str) -> tuple[Token, ...]:
+    """Comma-separated tokens, each allowed any stream."""
+    return tuple(_token(name, secret) for secret in text.split(",") if secret.strip())
 
 
-def _token_file(name: str, text: str) -> tuple[str, ...]:
-    """One token a line; blank lines and lines starting with # are skipped."""
+def _token_file(name: str, text: str) -> tuple[Token, ...]:
+    """A token a line, then, after white space, the stream patterns it is limited to,
+    comma-separated (`s3cret app-*,web`); blank lines and lines starting with # are skipped."""
     try:
         lines = Path(text).read_text().splitlines()
     except OSError as exc:
         raise SettingsError(f"{name}: cannot read {text}: {exc.strerror}") from None
-    kept = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    return _token_list(name, ",".join(kept))
+    tokens = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        secret, _, scope = line.strip().replace("\t", " ").partition(" ")
+        patterns = tuple(pattern.strip() for pattern in scope.split(",") if pattern.strip())
+        if scope.strip() and len(patterns) != len(scope.split(",")):
+            raise SettingsError(f"{name}, line {number}: an empty stream pattern")
+        if any(char.isspace() for pattern in patterns for char in pattern):
+            raise SettingsError(f"{name}, line {number}: stream patterns are comma-separated")
+        tokens.append(_token(f"{name}, line {number}", secret, patterns))
+    return tuple(tokens)
+
+
+def _token(where: str, secret: str, streams: tuple[str, ...] = ()) -> Token:
+    secret = secret.strip()
+    if any(char.isspace() for char in secret) or not (secret.isascii() and secret.isprintable()):
+        raise SettingsError(f"{where}: a token must be printable ASCII without spaces")
+    return Token(secret, streams)
 
 
 def _seconds(name: str, text: str) -> float:

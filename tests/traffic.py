@@ -34,6 +34,7 @@ class Load:
     max_lines: int = 300
     seconds: float = 30.0
     path: str = "/v1/logs/load"
+    headers: dict[str, str] = field(default_factory=dict)
     acked: dict[tuple[int, int], int] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -69,7 +70,9 @@ class Load:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("POST", self.path, body, {"Content-Type": "text/plain"})
+                conn.request(
+                    "POST", self.path, body, {"Content-Type": "text/plain", **self.headers}
+                )
                 answer = conn.getresponse()
                 answer.read()
                 status = answer.status
