@@ -33,7 +33,8 @@ RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
 class FakeService:
-    """Answers POSTs from `script` (a status, or "cut" to close the connection unanswered), then
+    """Answers POSTs from `script` (a status; "cut" to close the connection unanswered;
+    "answer-and-close" to accept, then close the kept-alive connection without a word), then
     200; records each accepted request as (path, headers, body decompressed) and the client
     port it came from."""
 
@@ -58,9 +59,10 @@ class FakeService:
                 if answer == "cut":
                     self.close_connection = True
                     return
-                if answer != 200:
+                if answer not in (200, "answer-and-close"):
                     self._answer(int(answer), {"error": f"scripted {answer}"})
                     return
+                self.close_connection = answer == "answer-and-close"
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 with fake.lock:
@@ -244,6 +246,19 @@ def test_what_is_worth_retrying_is_retried(
     assert [r["message"] for r in fake.records()] == ["once"]
     assert len(fake.times) == 3
     assert "retrying" in capsys.readouterr().err  # said once, on the first failure
+
+
+def test_a_kept_alive_connection_closed_while_idle_is_replaced_at_once(
+    fake: FakeService, capsys: pytest.CaptureFixture
+):
+    # The service closes idle connections; that is no failure, and is not waited out.
+    fake.script.append("answer-and-close")
+    client = Client(fake.url)
+    client.send(["one"])
+    client.send(["two"])
+    assert fake.lines() == [b"one", b"two"]
+    assert len(set(fake.ports)) == 2
+    assert "retrying" not in capsys.readouterr().err
 
 
 def test_retry_after_is_honoured(fake: FakeService):

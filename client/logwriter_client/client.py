@@ -41,12 +41,11 @@ def report(message: str) -> None:
     ours, which may be what failed); nothing if the app has set lastResort to None."""
     handler = logging.lastResort
     if handler is not None:
-        handler.handle(
-            logging.makeLogRecord(
-                {"name": "logwriter_client", "levelno": logging.ERROR, "levelname": "ERROR",
-                 "msg": "logwriter_client: %s", "args": (message,)}
-            )
-        )  # fmt: skip
+        record = logging.makeLogRecord(
+            {"name": "logwriter_client", "levelno": logging.ERROR, "levelname": "ERROR"}
+        )
+        record.msg = f"logwriter_client: {message}"
+        handler.handle(record)
 
 
 class Refused(Exception):

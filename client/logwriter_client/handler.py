@@ -9,7 +9,7 @@ import logging
 import ssl
 import time
 
-from logwriter_client.client import NDJSON, TEXT, Client
+from logwriter_client.client import NDJSON, TEXT, Client, report
 from logwriter_client.sender import Sender
 
 # A record's own attributes; any other is an `extra` field, sent with it.
@@ -170,7 +170,11 @@ class Handler(logging.Handler):
     def close(self, timeout: float | None = None) -> None:
         """Send what is buffered, for at most `timeout` seconds (default close_timeout), and
         stop the thread; what is still undelivered then is reported on stderr."""
-        self._sender.close(self._close_timeout if timeout is None else timeout)
+        timeout = self._close_timeout if timeout is None else timeout
+        failed = self._sender.close(timeout)
+        if failed:
+            report(f"closing: {failed} records not delivered within {timeout} s: "
+                   f"{self._sender.problem}")  # fmt: skip
         super().close()
 
     def _drop_notice(self, count: int, first: float, last: float) -> bytes:

@@ -76,7 +76,7 @@ class Sender:
         self.lost = 0  # items in batches the service refused, or that were given up
         self._unnoticed = 0  # drops not yet told in a notice, and their first and last times
         self._first_drop = self._last_drop = 0.0
-        self._problem: str | None = None  # why the last batch failed, if it did
+        self.problem: str | None = None  # why the last batch failed, if it did
         self._thread: threading.Thread | None = None  # started by the first put()
 
     def put(self, data: bytes) -> bool:
@@ -122,12 +122,12 @@ class Sender:
             self._has_items.notify()
             return self._progress.wait_for(lambda: self._finished >= target, timeout)
 
-    def close(self, timeout: float) -> bool:
+    def close(self, timeout: float) -> int:
         """Send what is buffered, giving up on what is not delivered within `timeout` seconds,
-        and end the thread. True if all of it was delivered."""
+        and end the thread. How many items were not delivered (`problem` says why)."""
         with self._lock:
             if self._closed:
-                return True
+                return 0
             self._closed = True
             lost_before = self.lost
             self._items.append(_PILL)
@@ -135,15 +135,12 @@ class Sender:
             self._progress.notify_all()  # put()s waiting for room return False
             thread = self._thread
         if thread is None:
-            return True
+            return 0
         self.client.stop_retrying(after=timeout)
         thread.join(timeout + 1)  # a request under way may need its socket timeout
         self.client.close()
         with self._lock:
-            failed = self._put - self._finished + self.lost - lost_before
-        if failed:
-            report(f"closing: {failed} records not delivered within {timeout} s: {self._problem}")
-        return not failed
+            return self._put - self._finished + self.lost - lost_before
 
     def _urgent(self) -> bool:
         return (
@@ -193,16 +190,16 @@ class Sender:
             accepted = self.client.post(body, ack=self.ack, content_type=self.content_type)
         except Refused as exc:
             # Reported once while the service keeps refusing for the same reason.
-            if str(exc) != self._problem:
-                report(f"the service refused {len(batch)} records, which are dropped: {exc}")
-            self._problem = str(exc)
-        except Undelivered as exc:  # only once closing: close() reports it
-            self._problem = str(exc)
+            if str(exc) != self.problem:
+                report(f"the service refused {_lines(body)}, which are dropped: {exc}")
+            self.problem = str(exc)
+        except Undelivered as exc:  # only once closing: the closer says so
+            self.problem = str(exc)
         except Exception as exc:  # the thread must outlive any one batch
-            report(f"could not send {len(batch)} records, which are dropped: {exc!r}")
-            self._problem = repr(exc)
+            report(f"could not send {_lines(body)}, which are dropped: {exc!r}")
+            self.problem = repr(exc)
         else:
-            self._problem = None
+            self.problem = None
         with self._lock:
             self._held -= size
             self._finished += len(batch)
@@ -216,6 +213,11 @@ class Sender:
         # The parent's records are the parent's to send: the child keeps none of them.
         self._start_afresh()
         self.client.forget_connection()
+
+
+def _lines(body: bytes) -> str:
+    count = body.count(b"\n")
+    return f"{count} line{'s' if count != 1 else ''}"
 
 
 _SENDERS: weakref.WeakSet[Sender] = weakref.WeakSet()

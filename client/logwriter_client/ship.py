@@ -152,7 +152,8 @@ def _ship_stdin(client: Client, args: argparse.Namespace) -> int:
     if reader.error is not None:
         _say(f"reading stdin failed: {reader.error}")
     if sender.delivered != reader.lines:
-        _say(f"{reader.lines - sender.delivered} of {reader.lines} lines were not delivered")
+        missing = reader.lines - sender.delivered
+        _say(f"{missing} of {reader.lines} lines were not delivered: {sender.problem}")
         return 1
     return 0 if reader.error is None else 1
 
