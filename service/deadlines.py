@@ -12,8 +12,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 _TICK = 0.25  # how often the watchdog looks, in seconds
+
+
+class Readable(Protocol):
+    """A socket, or what stands for one: shutdown(SHUT_RD) ends a read blocked on it."""
+
+    def shutdown(self, how: int, /) -> None: ...
 
 
 class ReadDeadlines:
@@ -23,12 +30,12 @@ class ReadDeadlines:
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
         self._lock = threading.Lock()
-        self._watched: dict[int, tuple[float, socket.socket]] = {}
+        self._watched: dict[int, tuple[float, Readable]] = {}
         self._expired: set[int] = set()
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def watch(self, sock: socket.socket) -> Iterator[None]:
+    def watch(self, sock: Readable) -> Iterator[None]:
         """Within this block, `sock` is cut off `seconds` after the block began."""
         self.start(sock)
         try:
@@ -36,7 +43,7 @@ class ReadDeadlines:
         finally:
             self.end(sock)
 
-    def start(self, sock: socket.socket) -> None:
+    def start(self, sock: Readable) -> None:
         with self._lock:
             if self._thread is None:  # started in the worker, at its first request
                 self._thread = threading.Thread(
@@ -45,13 +52,13 @@ class ReadDeadlines:
                 self._thread.start()
             self._watched[id(sock)] = (time.monotonic() + self._seconds, sock)
 
-    def end(self, sock: socket.socket) -> None:
+    def end(self, sock: Readable) -> None:
         """No more deadline for `sock` (none may be left: the watchdog cut it off)."""
         with self._lock:
             self._watched.pop(id(sock), None)
             self._expired.discard(id(sock))
 
-    def expired(self, sock: socket.socket) -> bool:
+    def expired(self, sock: Readable) -> bool:
         with self._lock:
             return id(sock) in self._expired
 

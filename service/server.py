@@ -61,7 +61,9 @@ class Server(BaseApplication):  # type: ignore[misc]
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    tls = {"certfile": str(settings.tls_cert), "keyfile": str(settings.tls_key)}
     return {
+        **(tls if settings.tls_cert else {}),
         "bind": [settings.bind],
         "workers": settings.workers,
         "threads": settings.threads,

@@ -41,6 +41,8 @@ class Settings:
     max_connections: int = 1000
     otlp_stream: str = "unknown_service"  # what the OTel SDKs call a service left unnamed
     otlp_format: str = "records"
+    tls_cert: Path | None = None  # with tls_key: serve HTTPS only
+    tls_key: Path | None = None
     tokens: tuple[Token, ...] = field(default=(), repr=False)  # never printed or logged
     metrics_auth: bool = False
 
@@ -70,6 +72,8 @@ class Settings:
             max_connections=read("MAX_CONNECTIONS", _positive_int, d.max_connections),
             otlp_stream=read("OTLP_STREAM", _stream_name, d.otlp_stream),
             otlp_format=read("OTLP_FORMAT", _one_of(OTLP_FORMATS), d.otlp_format),
+            tls_cert=read("TLS_CERT", _readable_file, None),
+            tls_key=read("TLS_KEY", _readable_file, None),
             tokens=read("TOKENS", _token_list, ()) + read("TOKENS_FILE", _token_file, ()),
             metrics_auth=read("METRICS_AUTH", _boolean, d.metrics_auth),
         )
@@ -89,6 +93,8 @@ class Settings:
                 f"LOGWRITER_QUEUE_BYTES ({self.queue_bytes})"
             )
         _check_template(self.file_template)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("LOGWRITER_TLS_CERT and LOGWRITER_TLS_KEY go together: set both")
         if self.metrics_auth and not self.tokens:
             raise SettingsError(
                 "LOGWRITER_METRICS_AUTH needs tokens: set LOGWRITER_TOKENS or LOGWRITER_TOKENS_FILE"
@@ -143,6 +149,14 @@ def _token(where: str, secret: str, streams: tuple[str, ...] = ()) -> Token:
     if any(char.isspace() for char in secret) or not (secret.isascii() and secret.isprintable()):
         raise SettingsError(f"{where}: a token must be printable ASCII without spaces")
     return Token(secret, streams)
+
+
+def _readable_file(name: str, text: str) -> Path:
+    try:
+        with open(text, "rb"):
+            return Path(text)
+    except OSError as exc:
+        raise SettingsError(f"{name}: cannot read {text}: {exc.strerror}") from None
 
 
 def _seconds(name: str, text: str) -> float:

@@ -12,9 +12,10 @@ per connection, while nothing else is served. Here:
   goes to the pool once it is readable (a request, or a TLS ClientHello: the handshake is done
   in the pool thread); if it stays silent it is closed in the sweep that closes idle
   keep-alive connections.
-- A request's head must arrive in whole within LOGWRITER_BODY_TIMEOUT of a thread taking it,
-  as its body must then (service.deadlines): a client that sends part of a head and stalls
-  would otherwise hold its thread for as long as it likes.
+- A request's head (and, with TLS, the handshake before it) must arrive in whole within
+  LOGWRITER_BODY_TIMEOUT of a thread taking it, as its body must then (service.deadlines): a
+  client that sends part of a head and stalls would otherwise hold its thread for as long as
+  it likes.
 - A closing connection lingers in the poller too: its write side is shut, what the client
   still sends is drained as it comes, and it is closed at the client's FIN or after 2 s.
 
@@ -22,6 +23,7 @@ Everything else is gthread's own: keep-alive, TLS, HTTP/2, the graceful stop.
 """
 
 import errno
+import os
 import resource
 import selectors
 import socket
@@ -76,19 +78,21 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
             client, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn)
         )
 
-    def handle(self, conn: gthread.TConn) -> Any:
-        # In a request thread. The deadline for the head; handle_request() ends it.
-        sock = conn.sock
+    def handle(self, conn: "_Connection") -> Any:
+        # In a request thread. The deadline for the TLS handshake and the head, on the
+        # descriptor: under TLS, handle() replaces conn.sock with its wrapper. It ends in
+        # handle_request(), once the head is in.
+        conn.reading = _Descriptor(conn.sock.fileno())
         deadlines = runtime(self.wsgi).deadlines
-        deadlines.start(sock)
+        deadlines.start(conn.reading)
         try:
             return super().handle(conn)
         finally:
-            deadlines.end(sock)
+            deadlines.end(conn.reading)
 
-    def handle_request(self, req: Any, conn: gthread.TConn) -> bool:
+    def handle_request(self, req: Any, conn: "_Connection") -> bool:
         # The head is in; the app watches the body with a deadline of its own.
-        runtime(self.wsgi).deadlines.end(conn.sock)
+        runtime(self.wsgi).deadlines.end(conn.reading)
         return super().handle_request(req, conn)
 
     def murder_pending(self) -> None:
@@ -151,12 +155,27 @@ class _Connection(gthread.TConn):  # type: ignore[misc]
     def __init__(self, worker: Worker, *args: Any) -> None:
         super().__init__(*args)
         self._worker = worker
+        self.reading: _Descriptor | None = None  # what the read deadline watches
 
     def close(self, graceful: bool = False) -> None:
         if graceful:  # only ever on the main loop, from finish_request()
             self._worker.linger(self.sock)
         else:
             super().close()
+
+
+class _Descriptor:
+    """A socket's descriptor, for the read deadline to shut, whatever object wraps it."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def shutdown(self, how: int) -> None:
+        # On a duplicate: shutdown() acts on the connection, close() only on the duplicate.
+        with socket.socket(fileno=os.dup(self.fd)) as duplicate:
+            duplicate.shutdown(how)
 
 
 class _Lingering:

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -105,8 +106,14 @@ class Service:
     port: int
     dir: Path
     output: Path
+    tls: Path | None = None  # the certificate it serves HTTPS with, trusted by connection()
 
     def connection(self, timeout: float = 10) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls))
+            return http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=timeout, context=context
+            )
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
     def request(
@@ -149,7 +156,11 @@ class Service:
 
 
 def start_service(
-    tmp_path: Path, workers: int = 1, env: dict[str, str] | None = None, log_dir: Path | None = None
+    tmp_path: Path,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+    tls: Path | None = None,
 ) -> Service:
     """Start `logwriter` in `tmp_path` (its cwd and its output file, service.out) and return
     once each of its `workers` has a writer running. Tests use the start_logwriter fixture,
@@ -173,7 +184,7 @@ def start_service(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, for group signals
         )
-    service = Service(proc, port, log_dir, output)
+    service = Service(proc, port, log_dir, output, tls)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -209,13 +220,17 @@ class Logwriters:
     started: list[Service] = field(default_factory=list)
 
     def __call__(
-        self, workers: int = 1, env: dict[str, str] | None = None, log_dir: Path | None = None
+        self,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+        tls: Path | None = None,
     ) -> Service:
         folder = self.folder
         if self.started:  # a second service in one test: a folder of its own
             folder = self.folder / f"logwriter-{len(self.started) + 1}"
             folder.mkdir()
-        service = start_service(folder, workers=workers, env=env, log_dir=log_dir)
+        service = start_service(folder, workers=workers, env=env, log_dir=log_dir, tls=tls)
         self.started.append(service)
         return service
 

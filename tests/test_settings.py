@@ -74,6 +74,8 @@ def test_empty_means_default():
         ("LOGWRITER_FILE_TEMPLATE", "{stream}/{host}.log", "only {stream} and strftime"),
         ("LOGWRITER_MAX_OPEN_FILES", "0", "LOGWRITER_MAX_OPEN_FILES must be a whole number"),
         ("LOGWRITER_IDLE_TIMEOUT", "0", "LOGWRITER_IDLE_TIMEOUT must be a number of seconds"),
+        ("LOGWRITER_TLS_CERT", "/nonexistent/cert.pem", "LOGWRITER_TLS_CERT: cannot read"),
+        ("LOGWRITER_TLS_KEY", __file__, "LOGWRITER_TLS_CERT and LOGWRITER_TLS_KEY go together"),
         ("LOGWRITER_MAX_CONNECTIONS", "-1", "LOGWRITER_MAX_CONNECTIONS must be a whole number"),
     ],
 )
