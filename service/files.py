@@ -7,12 +7,15 @@ operator's sake:
   then opens (creates) a new one, and nothing is lost or doubled: what was written before
   the check went to the renamed file. `copytruncate` needs nothing: with O_APPEND every write
   lands at the current end of the truncated file, never past it (no hole of NUL bytes).
-- LOGWRITER_FILE_TEMPLATE may hold strftime fields (UTC), so files roll by time by themselves.
+- LOGWRITER_FILE_TEMPLATE may hold strftime fields (UTC), so files roll by time by themselves,
+  and {host}, this host's name, so replicas sharing a volume write a file each.
 - At most `max_open` descriptors stay open; the least recently used is closed first.
 """
 
 import fcntl
 import os
+import re
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -41,7 +44,7 @@ class LogFiles:
 
     def __init__(self, directory: Path, template: str = "{stream}.log", max_open: int = 256):
         self._dir = directory
-        self._template = template
+        self._template = template.replace("{host}", host_name())
         self._timed = "%" in template  # else a stream's path never changes: no strftime
         self._max_open = max_open
         self._open: OrderedDict[str, _Open] = OrderedDict()  # least recently used first
@@ -152,6 +155,12 @@ class LogFiles:
 
     def _retire(self, stream: str) -> None:
         self._retired.append(self._open.pop(stream).fd)
+
+
+def host_name() -> str:
+    """This host's (a container's, a pod's) name, as a file name: characters outside
+    [A-Za-z0-9._-] become "_", and it never starts with a dot."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()).lstrip(".") or "host"
 
 
 def _inode(path: str) -> tuple[int, int] | None:

@@ -110,9 +110,10 @@ def _check_template(template: str) -> None:
     if "{stream}" not in template:
         raise SettingsError(f"{problem}: it must hold {{stream}}")
     try:
-        name = time.strftime(template.format(stream="s"), time.gmtime(0))
+        name = time.strftime(template.format(stream="s", host="h"), time.gmtime(0))
     except (KeyError, IndexError, ValueError):
-        raise SettingsError(f"{problem}: only {{stream}} and strftime fields may appear") from None
+        message = f"{problem}: only {{stream}}, {{host}} and strftime fields may appear"
+        raise SettingsError(message) from None
     parts = PurePosixPath(name).parts
     if name.startswith("/") or name.endswith("/") or ".." in parts:
         raise SettingsError(problem)

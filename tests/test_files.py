@@ -1,13 +1,14 @@
 """Stream files: rotation by rename, truncation, time-based templates, the open-file bound."""
 
 import os
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
 import service.files
-from service.files import LogFiles
+from service.files import LogFiles, host_name
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +72,24 @@ def test_short_writes_are_finished_in_order(tmp_path: Path, monkeypatch: pytest.
     files.append("s", [b"abcd\n", b"ef\n", b"ghijklm\n"])
     files.close()
     assert (tmp_path / "s.log").read_bytes() == b"abcd\nef\nghijklm\n"
+
+
+def test_host_in_the_template_names_this_hosts_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(socket, "gethostname", lambda: "web-1.example")
+    files = LogFiles(tmp_path, "{stream}/{host}.log")
+    assert files.path("app") == str(tmp_path / "app" / "web-1.example.log")
+    append(files, "app", b"one\n")
+    files.close()
+    assert (tmp_path / "app" / "web-1.example.log").read_bytes() == b"one\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "file_name"), [("../../etc", "_.._etc"), ("a/b c", "a_b_c"), ("...", "host")]
+)
+def test_a_host_name_cannot_leave_the_folder(
+    name: str, file_name: str, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(socket, "gethostname", lambda: name)
+    assert host_name() == file_name

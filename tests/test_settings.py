@@ -71,7 +71,7 @@ def test_empty_means_default():
         ("LOGWRITER_FILE_TEMPLATE", "all.log", "must hold {stream}"),
         ("LOGWRITER_FILE_TEMPLATE", "../{stream}.log", "must name a file inside"),
         ("LOGWRITER_FILE_TEMPLATE", "/var/log/{stream}.log", "must name a file inside"),
-        ("LOGWRITER_FILE_TEMPLATE", "{stream}/{host}.log", "only {stream} and strftime"),
+        ("LOGWRITER_FILE_TEMPLATE", "{stream}/{user}.log", "only {stream}, {host} and strftime"),
         ("LOGWRITER_MAX_OPEN_FILES", "0", "LOGWRITER_MAX_OPEN_FILES must be a whole number"),
         ("LOGWRITER_IDLE_TIMEOUT", "0", "LOGWRITER_IDLE_TIMEOUT must be a number of seconds"),
         ("LOGWRITER_TLS_CERT", "/nonexistent/cert.pem", "LOGWRITER_TLS_CERT: cannot read"),
