@@ -8,21 +8,25 @@ service's or of the other tests' helpers.
 
 from __future__ import annotations
 
+import ast
 import calendar
 import gzip
 import http.server
+import importlib.metadata
 import io
 import json
 import logging
 import logging.config
 import re
 import socket
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
+import logwriter_client
 import pytest
 from logwriter_client import Client, Handler, Refused, Undelivered
 
@@ -414,6 +418,26 @@ def test_client_checks_what_it_is_given():
         Client("http://127.0.0.1:8080").send(["two\nlines"])
     with pytest.raises(ValueError, match="ack"):
         Client("http://127.0.0.1:8080").post(b"a\n", ack="soon")
+
+
+def test_the_distribution_requires_nothing():
+    # Installing it into an app must bring in neither Flask nor Gunicorn, nor anything else.
+    assert not importlib.metadata.requires("logwriter-client")
+
+
+def test_the_client_imports_only_the_standard_library():
+    stdlib = getattr(sys, "stdlib_module_names", None)  # Python 3.10+
+    if stdlib is None:
+        pytest.skip("no sys.stdlib_module_names before Python 3.10")
+    package = Path(logwriter_client.__file__).parent
+    imported = set()
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+    assert imported - stdlib == {"logwriter_client"}
 
 
 def test_a_url_prefix_is_kept(fake: FakeService):
