@@ -2,9 +2,11 @@
 here by openssl and a client that trusts it."""
 
 import http.client
+import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,3 +86,17 @@ def test_a_stalled_tls_handshake_is_cut_at_the_deadline(
         assert received in (b"", b"\x15\x03\x03\x00\x02\x02\x32"), received  # decode_error
         sock.close()
     conn.close()
+
+
+def test_the_container_probe_speaks_https_when_tls_is_on(
+    start_logwriter: Logwriters, certificate: tuple[Path, Path]
+):
+    cert, key = certificate
+    env = {"LOGWRITER_TLS_CERT": str(cert), "LOGWRITER_TLS_KEY": str(key)}
+    service = start_logwriter(env=env, tls=cert)
+    probe_env = {**os.environ, **env, "LOGWRITER_BIND": f"0.0.0.0:{service.port}"}
+    probe = [sys.executable, "-m", "service.probe"]
+    assert subprocess.run(probe, env=probe_env, capture_output=True).returncode == 0
+    plain_env = {key: value for key, value in probe_env.items() if "TLS" not in key}
+    refused = subprocess.run(probe, env=plain_env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "logwriter probe" in refused.stderr
