@@ -88,6 +88,7 @@ def test_a_stalled_tls_handshake_is_cut_at_the_deadline(
     conn.close()
 
 
+@pytest.mark.process
 def test_the_container_probe_speaks_https_when_tls_is_on(
     start_logwriter: Logwriters, certificate: tuple[Path, Path]
 ):
