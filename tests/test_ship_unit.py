@@ -121,6 +121,19 @@ def test_copytruncate_is_seen_when_the_file_grew_past_the_offset_before_a_look(t
     assert drain(files) == b"unread\nnew lines, more of them than before\n"
 
 
+def test_a_folder_named_like_a_rotated_file_is_passed_over(tmp_path: Path):
+    log = tmp_path / "app.log"
+    log.write_bytes(b"read before\n")
+    files = follow(log)
+    drain(files)
+    append(log, b"unread\n")
+    shutil.copyfile(log, tmp_path / "app.log.1")
+    time.sleep(0.05)  # past the clock tick of file times
+    (tmp_path / "app.log.d").mkdir()  # newer than the copy, so looked at first
+    os.truncate(log, 0)
+    assert drain(files) == b"unread\n"
+
+
 def test_copytruncate_without_a_copy_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture):
     log = tmp_path / "app.log"
     log.write_bytes(b"read before\n")

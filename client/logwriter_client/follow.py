@@ -22,6 +22,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from stat import S_ISREG
 from typing import Any
 
 from logwriter_client.client import report
@@ -246,8 +247,8 @@ class Files:
         except OSError as exc:
             self._problem(f"{path}: {exc.strerror}; trying again")
             return
-        if _fd_id(fd) in {tail.id for tail in self._rotated}:
-            os.close(fd)  # renamed back: it is read as the rotated file it was
+        if _fd_id(fd) in {tail.id for tail in [*self._rotated, *self._current.values()]}:
+            os.close(fd)  # followed already (renamed back, or a second name of it)
             return
         self._current[path] = Tail(path, fd, _last_line_end(fd) if at_end else 0, rotated=False)
 
@@ -271,6 +272,9 @@ class Files:
             except OSError:
                 continue
             stat = os.fstat(fd)
+            if not S_ISREG(stat.st_mode):  # a folder or a pipe of a similar name
+                os.close(fd)
+                continue
             same = (stat.st_dev, stat.st_ino) == file_id
             # At offset 0 every file matches the fingerprint: only the inode can tell.
             candidate = same or ((stat.st_dev, stat.st_ino) not in followed and offset > 0)

@@ -178,8 +178,9 @@ class Sender:
             self._waiting -= size
             self._taken += len(batch)
             self._oldest = 0.0  # what is left has waited already: no linger for it
-            dropped, first, latest = self._unnoticed, self._first_drop, self._last_drop
-            self._unnoticed = 0
+            dropped = self._unnoticed if batch else 0  # told with the next batch there is
+            first, latest = self._first_drop, self._last_drop
+            self._unnoticed -= dropped
         notice = self._notice(dropped, first, latest) if dropped and self._notice else None
         return batch, size, notice, last
 
