@@ -7,7 +7,6 @@ supervisor would start it: to the handler, the same service came back.
 """
 
 import calendar
-import http.client
 import itertools
 import json
 import logging
@@ -20,7 +19,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -322,9 +320,7 @@ def test_what_is_buffered_at_exit_is_delivered(service: Service, python: str):
 
 @pytest.mark.service
 @pytest.mark.tools  # openssl
-def test_https_with_the_services_certificate(
-    start_logwriter: Logwriters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_https_with_the_services_certificate(start_logwriter: Logwriters, tmp_path: Path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -336,8 +332,8 @@ def test_https_with_the_services_certificate(
         capture_output=True,
     )
     context = ssl.create_default_context(cafile=str(cert))
-    monkeypatch.setattr(support.Service, "metric", metric_over_tls(context))
-    service = start_logwriter(env={"GUNICORN_CMD_ARGS": f"--certfile {cert} --keyfile {key}"})
+    env = {"LOGWRITER_TLS_CERT": str(cert), "LOGWRITER_TLS_KEY": str(key)}
+    service = start_logwriter(env=env, tls=cert)
     url = f"https://127.0.0.1:{service.port}"
     trusted = Handler(url, "tls", ssl_context=context)
     logging_for(trusted).info("over tls")
@@ -349,23 +345,6 @@ def test_https_with_the_services_certificate(
     assert not untrusted.flush(1)
     untrusted.close()
     assert messages(service.dir / "tls.log") == ["over tls"]
-
-
-def metric_over_tls(context: ssl.SSLContext) -> Callable[[Service, str], float]:
-    """Service.metric over https, for start_service's wait for a service serving TLS."""
-
-    def metric(service: Service, name: str) -> float:
-        conn = http.client.HTTPSConnection("127.0.0.1", service.port, timeout=5, context=context)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        values = [line.split()[1] for line in text.splitlines() if line.startswith(f"{name} ")]
-        assert values, f"{name} not in /metrics"
-        return float(values[0])
-
-    return metric
 
 
 @pytest.mark.service
