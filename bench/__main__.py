@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import client as bench_client
 from bench import measurement, otlp, report, silent
 from bench.contenders import RAW_DISK, contenders_for, ensure_tools
 from bench.workloads import DURABLE_CONNS, Case, capped_disk_cases, every_case, full_cases
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=5,
         help="seconds of each OTLP measurement, --rounds rounds of them (default 5; 0: none)",
+    )
+    parser.add_argument(
+        "--no-client",
+        action="store_true",
+        help="skip bench.client (the Python logging handler against HTTPHandler), run last",
     )
     parser.add_argument(
         "--iops",
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if failed:
         sys.exit(f"{' and '.join(failed)}: a check failed (see above)")
+    if not args.no_client:
+        print()
+        bench_client.main(["--smoke"] if args.smoke else ["--rounds", str(rounds)])
 
 
 if __name__ == "__main__":
