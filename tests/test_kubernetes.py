@@ -5,13 +5,16 @@ No cluster runs here. The unit tests read the manifests (the files kustomization
 and validate them with kubernetes-validate, in this process, against the oldest Kubernetes they
 need and the newest that kubernetes-validate knows. It has no schema for a CRD (its command
 only warns, and exits 0, for a kind it does not know): the ServiceMonitor is checked field by
-field below, and any other kind without a schema fails.
+field below, and any other kind without a schema fails. The `tools` test builds the base and
+deploy/kubernetes/README.md's overlay with `kubectl kustomize`.
 """
 
 import copy
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -360,3 +363,77 @@ def test_service_monitor():
     assert endpoint["port"] in {p["name"] for p in matched[0]["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
     assert re.fullmatch(r"\d+s", endpoint["interval"])
+
+
+# --- kustomize, and the README's overlay ----------------------------------------------------
+
+
+def readme_overlay(dest: Path) -> Path:
+    """deploy/kubernetes/README.md's my-logwriter/ files, beside a deploy/kubernetes that is
+    the real one, with stand-ins for the tokens file and the certificate."""
+    (dest / "deploy").mkdir(parents=True)
+    (dest / "deploy" / "kubernetes").symlink_to(K8S)
+    overlay = dest / "my-logwriter"
+    overlay.mkdir()
+    text = (K8S / "README.md").read_text()
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL):
+        named = re.fullmatch(r"# my-logwriter/(\S+)", block.splitlines()[0])
+        if named:
+            (overlay / named[1]).write_text(block)
+    assert sorted(p.name for p in overlay.iterdir()) == ["kustomization.yaml", "secure.yaml"]
+    for name in ("tokens.txt", "logwriter.crt", "logwriter.key"):
+        (overlay / name).write_text(f"stand-in {name}\n")
+    return overlay
+
+
+def kustomize(folder: Path) -> list[Resource]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("no kubectl on this machine: `kubectl kustomize` cannot run")
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60
+    )
+    assert built.returncode == 0, built.stderr
+    return load_all(built.stdout)
+
+
+def secure_patch() -> list[Resource]:
+    text = (K8S / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n(# my-logwriter/secure.yaml\n.*?)```", text, re.DOTALL)
+    return load_all(block)
+
+
+@pytest.mark.tools
+def test_kustomize_builds_the_base_and_the_readme_overlay(tmp_path: Path):
+    base = kustomize(K8S)
+    # What kubectl apply -k sends is the files as they are (their image is already the one
+    # kustomization.yaml names).
+    assert sorted(json.dumps(r, sort_keys=True) for r in base) == sorted(
+        json.dumps(r, sort_keys=True) for r in manifests()
+    )
+    entry = kustomization()["images"][0]
+    assert container(base)["image"] == f"{entry['newName']}:{entry['newTag']}"
+
+    secure = kustomize(readme_overlay(tmp_path))
+    for resource in secure:
+        if (resource["apiVersion"], resource["kind"]) not in CRDS:
+            for version in KUBERNETES_VERSIONS:
+                kubernetes_validate.validate(resource, version, strict=True)
+    pod, spec = pod_spec(secure), container(secure)
+    env = {v["name"]: v["value"] for v in spec["env"]}
+    assert {"LOGWRITER_TOKENS_FILE", "LOGWRITER_TLS_CERT", "LOGWRITER_TLS_KEY"} <= set(env)
+    # Each file the settings name is a key of a Secret kustomize generated and the pod mounts.
+    secrets = {r["metadata"]["name"]: r for r in secure if r["kind"] == "Secret"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for name in ("LOGWRITER_TOKENS_FILE", "LOGWRITER_TLS_CERT", "LOGWRITER_TLS_KEY"):
+        folder, key = env[name].rsplit("/", 1)
+        (mount,) = [m for m in spec["volumeMounts"] if m["mountPath"] == folder]
+        assert mount["readOnly"] is True
+        secret = volumes[mount["name"]]["secret"]
+        assert key in secrets[secret["secretName"]]["data"], (name, secret)
+        assert secret["defaultMode"] & 0o040, "the pod's group (fsGroup) must read it"
+    for kind in PROBES:
+        assert spec[kind]["httpGet"]["scheme"] == "HTTPS", kind
+    assert one(secure, "ServiceMonitor")["spec"]["endpoints"][0]["scheme"] == "https"
+    template = one(secure, "StatefulSet")["spec"]["template"]["metadata"]
+    assert template["annotations"]["prometheus.io/scheme"] == "https"
+    assert pod["terminationGracePeriodSeconds"] == pod_spec(base)["terminationGracePeriodSeconds"]
