@@ -1,0 +1,398 @@
+"""deploy/swarm/stack.yml on a real one-node Docker Swarm: lines in through HAProxy while every
+replica is restarted (`docker service update --force`), scaled to 5 and back to 2, and one is
+killed; each replica's volume read afterwards; the stack's Prometheus asked over its API.
+
+The swarm is initialised here (`docker swarm init --advertise-addr 127.0.0.1`) when the engine is
+in none, and left at the end; the stack, its volumes and configs and the image tag built for it
+are removed whatever happens. ../shared/bin/docker-here starts the engine and builds the local
+stand-ins for haproxy and prom/prometheus: no registry is reachable.
+"""
+
+import http.client
+import io
+import json
+import os
+import random
+import re
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from support import free_port, wait_until
+from traffic import check_files, request_body
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER_HERE = ROOT.parent / "shared" / "bin" / "docker-here"
+STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
+FIRST_LINE = re.compile(rb"^c(\d{2}) r(\d{5}) l0000 ", re.MULTILINE)
+
+
+def docker(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert result.returncode == 0, f"docker {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@dataclass
+class Swarm:
+    """The stack deployed under a name of this test's own."""
+
+    name: str
+    image: str
+    logwriter_port: int
+    prometheus_port: int
+
+    @property
+    def service(self) -> str:
+        return f"{self.name}_logwriter"
+
+    def volumes(self) -> list[str]:
+        names = docker("volume", "ls", "-q", "--filter", f"name={self.service}-").split()
+        return sorted(name for name in names if re.fullmatch(rf"{self.service}-\d+", name))
+
+    def read_volumes(self, dest: Path) -> dict[str, Path]:
+        """Copy each replica's volume into dest/<volume>; returns the folders by volume."""
+        copies = {}
+        for volume in self.volumes():
+            command = ["docker", "run", "--rm", "-v", f"{volume}:/data:ro", self.image]
+            tar = subprocess.run(
+                [*command, "tar", "-C", "/data", "-c", "."],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            ).stdout
+            copies[volume] = dest / volume
+            with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+                archive.extractall(copies[volume], filter="data")
+        return copies
+
+    def running(self) -> dict[int, str]:
+        """The running replicas' containers, by task slot."""
+        lines = docker(
+            "ps",
+            "--filter",
+            f"label=com.docker.swarm.service.name={self.service}",
+            "--format",
+            '{{.ID}} {{.Label "com.docker.swarm.task.name"}}',
+        ).split("\n")
+        return {int(task.rsplit(".", 2)[1]): cid for cid, task in (x.split() for x in lines if x)}
+
+    def exited(self) -> list[dict]:
+        """The State of every replica container that has stopped (swarm keeps a few per slot)."""
+        ids = docker(
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=com.docker.swarm.service.name={self.service}",
+            "--filter",
+            "status=exited",
+        ).split()
+        return [json.loads(docker("inspect", "-f", "{{json .State}}", cid)) for cid in ids]
+
+    def prometheus(self, expr: str) -> list[dict]:
+        query = urllib.parse.urlencode({"query": expr})
+        status, body = get(f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?{query}")
+        assert status == 200, body
+        return json.loads(body)["data"]["result"]
+
+    def prometheus_value(self, expr: str) -> float | None:
+        result = self.prometheus(expr)
+        return float(result[0]["value"][1]) if result else None
+
+
+def swarm_state() -> str:
+    return docker("info", "-f", "{{.Swarm.LocalNodeState}}").strip()
+
+
+def remove_stack(name: str) -> None:
+    """docker stack rm, then wait for its containers and network to go, then its volumes."""
+    subprocess.run(["docker", "stack", "rm", name], capture_output=True, timeout=60)
+    label = f"label=com.docker.stack.namespace={name}"
+
+    def gone() -> bool:
+        containers = docker("ps", "-aq", "--filter", label).split()
+        networks = docker("network", "ls", "-q", "--filter", label).split()
+        return not containers and not networks
+
+    try:
+        wait_until(gone, 90, f"stack {name}'s containers and network to go", interval=1)
+    finally:
+        volumes = [v for v in docker("volume", "ls", "-q").split() if v.startswith(f"{name}_")]
+        if volumes:
+            subprocess.run(["docker", "volume", "rm", *volumes], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def swarm() -> Iterator[Swarm]:
+    # Not skipped: a machine like CI's can run this, so failing to is a failure. docker-here
+    # also builds the haproxy stand-in the stack names, when it is missing.
+    subprocess.run([str(DOCKER_HERE)], cwd=ROOT, check=True, timeout=600)
+    joined = swarm_state() == "inactive"
+    if joined:
+        docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    name = f"lwswarm{os.getpid()}"
+    image = f"logwriter:{name}"
+    started = Swarm(name, image, free_port(), free_port())
+    try:
+        docker("build", "-q", "-t", image, str(ROOT), timeout=600)
+        env = {
+            **os.environ,
+            "LOGWRITER_IMAGE": image,
+            "LOGWRITER_PORT": str(started.logwriter_port),
+            "PROMETHEUS_PORT": str(started.prometheus_port),
+        }
+        docker("stack", "deploy", "-c", str(STACK_FILE), name, env=env)
+        yield started
+    finally:
+        try:
+            remove_stack(name)
+        finally:
+            subprocess.run(["docker", "rmi", image], capture_output=True, timeout=60)
+            if joined:
+                subprocess.run(["docker", "swarm", "leave", "--force"], timeout=60)
+
+
+@dataclass
+class Outcome:
+    stream: str
+    lines: int
+    status: int  # 0: no answer (refused, reset or cut off)
+    retry_after: str | None
+    body: bytes
+    at: float  # time.monotonic() of the answer
+
+
+@dataclass
+class Posters:
+    """Clients posting `ack=written` bodies of 1..max_lines lines through the balancer, with
+    `pause` seconds between requests, each request's outcome recorded; `stream` may be changed
+    on the go. Clients of an even number keep their connection alive; the others open one per
+    request (a request HAProxy cannot deliver is a 502 on a first request, a dropped connection
+    on a kept-alive one). A request is never sent twice: a failed one is counted, and the
+    client goes on to the next.
+    """
+
+    port: int
+    stream: str
+    first_client: int
+    clients: int = 6
+    max_lines: int = 100
+    pause: float = 0.02
+    outcomes: dict[tuple[int, int], Outcome] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> "Posters":
+        for client in range(self.first_client, self.first_client + self.clients):
+            thread = threading.Thread(target=self._client, args=(client,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+            assert not thread.is_alive(), "a client did not stop"
+
+    def _snapshot(self) -> dict[tuple[int, int], Outcome]:
+        with self._lock:
+            return dict(self.outcomes)
+
+    def acked(self, stream: str) -> dict[tuple[int, int], int]:
+        return {
+            key: o.lines
+            for key, o in self._snapshot().items()
+            if o.stream == stream and o.status == 200
+        }
+
+    def acked_lines(self) -> int:
+        return sum(o.lines for o in self._snapshot().values() if o.status == 200)
+
+    def refused(self) -> set[tuple[int, int]]:
+        """Requests answered with a status other than 200: none of their lines was written."""
+        return {key for key, o in self._snapshot().items() if o.status not in (0, 200)}
+
+    def statuses(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for o in self._snapshot().values():
+            counts[o.status] = counts.get(o.status, 0) + 1
+        return counts
+
+    def _client(self, client: int) -> None:
+        rng = random.Random(client)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        request = 0
+        while not self._stop.is_set():
+            stream, count = self.stream, rng.randint(1, self.max_lines)
+            body = request_body(client, request, count)
+            retry_after, answer_body = None, b""
+            try:
+                conn.request(
+                    "POST",
+                    f"/v1/logs/{stream}?ack=written",
+                    body,
+                    {"Content-Type": "text/plain"},
+                )
+                answer = conn.getresponse()
+                answer_body = answer.read()
+                status, retry_after = answer.status, answer.getheader("Retry-After")
+                if client % 2:
+                    conn.close()
+            except (OSError, http.client.HTTPException):
+                status = 0
+                conn.close()  # the next request opens a new connection
+            with self._lock:
+                self.outcomes[(client, request)] = Outcome(
+                    stream, count, status, retry_after, answer_body, time.monotonic()
+                )
+            time.sleep(self.pause if status == 200 else 0.1)
+            request += 1
+        conn.close()
+
+
+def files_of(copies: dict[str, Path], stream: str) -> dict[str, Path]:
+    return {vol: d / f"{stream}.log" for vol, d in copies.items() if (d / f"{stream}.log").exists()}
+
+
+def requests_in(path: Path) -> set[tuple[int, int]]:
+    return {(int(c), int(r)) for c, r in FIRST_LINE.findall(path.read_bytes())}
+
+
+def test_swarm_stack(swarm: Swarm, tmp_path: Path):
+    began = time.monotonic()
+    base = f"http://127.0.0.1:{swarm.logwriter_port}"
+    wait_until(lambda: get(f"{base}/readyz")[0] == 200, 120, "the balancer to answer /readyz")
+    wait_until(
+        lambda: swarm.prometheus_value('haproxy_backend_active_servers{proxy="logwriter"}') == 3,
+        90,
+        "HAProxy to send to 3 replicas (as its own metrics say)",
+        interval=1,
+    )
+
+    # --- Before any restart: Prometheus sees each replica, and counts what is on disk. ---
+    for request in range(30):  # one connection each: HAProxy spreads them round robin
+        conn = http.client.HTTPConnection("127.0.0.1", swarm.logwriter_port, timeout=20)
+        conn.request("POST", "/v1/logs/metrics?ack=written", request_body(90, request, 100))
+        answer = conn.getresponse()
+        assert (answer.status, json.loads(answer.read())) == (200, {"accepted": 100})
+        conn.close()
+    copies = swarm.read_volumes(tmp_path / "before")
+    assert len(copies) == 3, copies
+    files = files_of(copies, "metrics")
+    assert len(files) == 3, f"not every replica took lines: {sorted(files)}"
+    on_disk = check_files(files.values(), {(90, r): 100 for r in range(30)})
+    assert on_disk == 3000
+    wait_until(
+        lambda: swarm.prometheus_value("sum(logwriter_lines_written_total)") == on_disk,
+        30,
+        lambda: (
+            f"Prometheus to count {on_disk} lines written "
+            f"(it says {swarm.prometheus_value('sum(logwriter_lines_written_total)')})"
+        ),
+        interval=1,
+    )
+    up = swarm.prometheus('up{job="logwriter"}')
+    assert len(up) == 3 and all(s["value"][1] == "1" for s in up), up
+    per_replica = swarm.prometheus('logwriter_lines_written_total{job="logwriter"}')
+    assert sorted(float(s["value"][1]) for s in per_replica if float(s["value"][1])) == sorted(
+        float(len(p.read_bytes().splitlines())) for p in files.values()
+    ), per_replica
+
+    # --- A rolling restart of every replica, then scale to 5 and back to 2, under load. ---
+    roll = Posters(swarm.logwriter_port, "roll", first_client=10).start()
+    steps: list[tuple[str, float, int]] = []
+    try:
+        wait_until(lambda: roll.acked_lines() > 3000, 60, "3,000 lines acknowledged")
+        for what, args in (
+            ("update --force", ["update", "--force", swarm.service]),
+            ("scale to 5", ["scale", f"{swarm.service}=5"]),
+            ("scale to 2", ["scale", f"{swarm.service}=2"]),
+        ):
+            before, started = roll.acked_lines(), time.monotonic()
+            docker("service", *args, "--detach=false", timeout=180)
+            acked_at_end = roll.acked_lines()
+            wait_until(
+                lambda mark=acked_at_end: roll.acked_lines() > mark + 500, 30, f"lines after {what}"
+            )
+            steps.append((what, time.monotonic() - started, roll.acked_lines() - before))
+    finally:
+        roll.stop()
+    # `scale --detach=false` returns once the tasks are told to stop, not once they have.
+    wait_until(lambda: len(swarm.running()) == 2, 60, lambda: f"2 replicas: {swarm.running()}")
+
+    # Every stopped replica drained and exited 0: 3 by the update, 3 by the scale down.
+    stopped = swarm.exited()
+    assert len(stopped) >= 6, stopped
+    assert all((s["ExitCode"], s["OOMKilled"]) == (0, False) for s in stopped), stopped
+
+    # --- docker kill of one replica while clients post. ---
+    slot, container = sorted(swarm.running().items())[0]
+    kill = Posters(swarm.logwriter_port, "kill", first_client=20).start()
+    try:
+        wait_until(lambda: len(kill.acked("kill")) > 30, 30, "lines before the kill")
+        killed_at = time.monotonic()
+        docker("kill", container)
+        kill.stream = "after"  # the killed replica's kill.log gets nothing more, even restarted
+        wait_until(lambda: time.monotonic() > killed_at + 8, 10, "8 s of posting")
+    finally:
+        kill.stop()
+    failures = [o for o in kill.outcomes.values() if o.status != 200]
+    assert all(o.status in (0, 503) for o in failures), kill.statuses()
+    assert all(o.retry_after == "1" for o in failures if o.status == 503), failures
+    last_failure = max((o.at - killed_at for o in failures), default=0.0)
+    assert last_failure < 5, f"clients still failed {last_failure:.1f}s after the kill"
+    answered_late = [o for o in kill.outcomes.values() if o.at > killed_at + 5]
+    assert answered_late and all(o.status == 200 for o in answered_late)
+
+    # --- Every volume, read at the end. ---
+    copies = swarm.read_volumes(tmp_path / "after")
+    assert len(copies) == 5, sorted(copies)  # slots 1-5 each had one
+    # Rolled and scaled: every acknowledged line in exactly one replica's volume, once, and no
+    # line of a refused request anywhere (a dropped connection's may be: at-least-once).
+    roll_files = files_of(copies, "roll")
+    roll_lines = check_files(roll_files.values(), roll.acked("roll"))
+    written = set().union(*(requests_in(p) for p in roll_files.values()))
+    assert not written & roll.refused(), sorted(written & roll.refused())[:5]
+    # Killed: what it acknowledged is in its volume (each replica writes only to its own); its
+    # last request may have been cut mid-write by SIGKILL, which nobody was told was written.
+    killed_volume = f"{swarm.service}-{slot}"
+    kill_files = files_of(copies, "kill")
+    killed_file = kill_files[killed_volume]
+    check_files(kill_files.values(), kill.acked("kill"), cut_tails=[killed_file])
+    kept = requests_in(killed_file) & set(kill.acked("kill"))
+    assert kept, "the killed replica had acknowledged nothing"
+    check_files(files_of(copies, "after").values(), kill.acked("after"))
+
+    elapsed = time.monotonic() - began
+    print(
+        f"swarm: {on_disk} lines counted by Prometheus; roll: {roll_lines} lines of "
+        f"{len(roll.acked('roll'))} acknowledged requests, statuses {roll.statuses()}, "
+        + ", ".join(f"{w} {s:.0f}s/{n} lines" for w, s, n in steps)
+        + f"; {len(stopped)} replicas stopped with exit 0; kill of slot {slot}: statuses "
+        f"{kill.statuses()} ({sum(b'closed the connection' in o.body for o in failures)} of the "
+        f"503s HAProxy's mapped 502), {len(kept)} requests it acknowledged in its volume, last "
+        f"failure {last_failure:.2f}s after the kill; {elapsed:.0f}s in all"
+    )
+    assert elapsed < 240, f"the test took {elapsed:.0f}s"
