@@ -6,7 +6,9 @@ and validate them with kubernetes-validate, in this process, against the oldest 
 need and the newest that kubernetes-validate knows. It has no schema for a CRD (its command
 only warns, and exits 0, for a kind it does not know): the ServiceMonitor is checked field by
 field below, and any other kind without a schema fails. The `tools` test builds the base and
-deploy/kubernetes/README.md's overlay with `kubectl kustomize`.
+deploy/kubernetes/README.md's overlay with `kubectl kustomize`; the `docker` test runs the
+image as the pod spec says: its user and groups, a read-only root, /tmp in memory, a data
+volume writable only through fsGroup, Secrets mounted as the kubelet mounts them.
 """
 
 import copy
@@ -14,7 +16,11 @@ import json
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from gunicorn.config import Config
+from support import free_port, wait_until
 
 from service.app import create_app
 from service.server import Server
@@ -437,3 +444,176 @@ def test_kustomize_builds_the_base_and_the_readme_overlay(tmp_path: Path):
     template = one(secure, "StatefulSet")["spec"]["template"]["metadata"]
     assert template["annotations"]["prometheus.io/scheme"] == "https"
     assert pod["terminationGracePeriodSeconds"] == pod_spec(base)["terminationGracePeriodSeconds"]
+
+
+# --- the image, run as the pod spec says ----------------------------------------------------
+
+
+def docker(*args: str, timeout: float = 300) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"docker {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def built_image() -> Any:
+    if subprocess.run([str(DOCKER_HERE), "--check"]).returncode != 0:
+        # Not skipped: a machine like CI's can run this, so failing to is a failure.
+        subprocess.run([str(DOCKER_HERE)], cwd=ROOT, check=True, timeout=600)
+    tag = f"logwriter:k8s-test-{time.monotonic_ns()}"
+    docker("build", "-q", "-t", tag, str(ROOT), timeout=600)
+    try:
+        yield tag
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=60)
+
+
+def fresh_volume(path: Path, gid: int, mode: int) -> Path:
+    """A folder as the kubelet leaves a volume for a pod with fsGroup: root's, in the pod's
+    group (setgid on folders), group-writable or -readable as `mode` says."""
+    path.mkdir()
+    shutil.chown(path, 0, gid)
+    path.chmod(mode)
+    return path
+
+
+def https_context(cert: Path | None) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=str(cert)) if cert else None
+
+
+def request(
+    url: str, *, data: bytes | None = None, token: str | None = None, cert: Path | None = None
+) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=https_context(cert)) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def make_certificate(folder: Path) -> tuple[bytes, bytes]:
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert.read_bytes(), key.read_bytes()
+
+
+@pytest.mark.docker
+@pytest.mark.tools  # openssl, for the overlay's certificate
+@pytest.mark.parametrize("overlay", ["base", "tokens-and-tls"])
+def test_the_image_runs_as_the_pod_spec_says(
+    built_image: str, overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    resources = manifests()
+    pod, spec = copy.deepcopy(pod_spec(resources)), copy.deepcopy(container(resources))
+    security, own = pod["securityContext"], spec["securityContext"]
+    uid, gid, fs_group = security["runAsUser"], security["runAsGroup"], security["fsGroup"]
+    token, cert = None, None
+    secret_files: dict[str, dict[str, bytes]] = {}
+    if overlay != "base":
+        # The README's patch, merged as kustomize merges it (lists by name and by mountPath).
+        patch = one(secure_patch(), "StatefulSet")["spec"]["template"]["spec"]
+        (extra,) = patch["containers"]
+        spec["env"] = extra["env"] + spec["env"]
+        spec["volumeMounts"] = extra["volumeMounts"] + spec["volumeMounts"]
+        pod["volumes"] = patch["volumes"] + pod["volumes"]
+        for kind in PROBES:
+            spec[kind]["httpGet"].update(extra[kind]["httpGet"])
+        token = "k8s-t0ken"
+        cert_pem, key_pem = make_certificate(tmp_path)
+        secret_files = {
+            "logwriter-tokens": {"tokens": f"# ops\n{token}\n".encode()},
+            "logwriter-tls": {"tls.crt": cert_pem, "tls.key": key_pem},
+        }
+        cert = tmp_path / "cert.pem"
+
+    port = free_port()
+    args = [
+        *("--user", f"{uid}:{gid}", "--group-add", str(fs_group)),
+        *("--memory", spec["resources"]["limits"]["memory"].replace("Mi", "m")),
+        *("--cpus", str(spec["resources"]["limits"]["cpu"])),
+        *("-p", f"127.0.0.1:{port}:{spec['ports'][0]['containerPort']}"),
+    ]
+    if own["readOnlyRootFilesystem"]:
+        args.append("--read-only")
+    if own["allowPrivilegeEscalation"] is False:
+        args += ["--security-opt", "no-new-privileges"]
+    args += [f"--cap-drop={cap}" for cap in own["capabilities"]["drop"]]
+    for variable in spec.get("env", []):
+        args += ["-e", f"{variable['name']}={variable['value']}"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claims = claim_names(resources)
+    data = None
+    for mount in spec["volumeMounts"]:
+        path, volume = mount["mountPath"], volumes.get(mount["name"], {})
+        if mount["name"] in claims:
+            data = fresh_volume(tmp_path / "data", fs_group, 0o2775)
+            args += ["-v", f"{data}:{path}"]
+        elif "emptyDir" in volume:
+            size = volume["emptyDir"]["sizeLimit"].replace("Mi", "m")
+            assert volume["emptyDir"].get("medium") == "Memory"
+            args += ["--tmpfs", f"{path}:rw,size={size},mode=1777"]
+        else:
+            secret = volume["secret"]
+            folder = fresh_volume(tmp_path / mount["name"], fs_group, 0o2755)
+            for key, content in secret_files[secret["secretName"]].items():
+                (folder / key).write_bytes(content)
+                shutil.chown(folder / key, 0, fs_group)
+                (folder / key).chmod(secret["defaultMode"])
+            args += ["-v", f"{folder}:{path}:ro"]
+    assert data is not None
+
+    name = f"logwriter-k8s-{overlay}-{time.monotonic_ns()}"
+    docker("run", "-d", "--name", name, *args, built_image)
+    try:
+        scheme = "https" if cert else "http"
+        base = f"{scheme}://127.0.0.1:{port}"
+
+        def probe(kind: str) -> int:
+            get = spec[kind]["httpGet"]
+            assert get.get("scheme", "HTTP").lower() == scheme
+            # The kubelet does not check the certificate; this client does, with the test's CA.
+            return request(f"{base}{get['path']}", cert=cert)[0]
+
+        wait_until(
+            lambda: probe("readinessProbe") == 200,
+            60,
+            lambda: f"readiness of {name}: {docker('logs', name)[-3000:]}",
+            interval=0.5,
+        )
+        assert probe("livenessProbe") == probe("startupProbe") == 200
+        body = b"".join(b"k8s line %d\n" % i for i in range(500))
+        url = f"{base}/v1/logs/k8s?ack=fsync"
+        if token:
+            assert request(url, data=body, cert=cert)[0] == 401
+        status, answer = request(url, data=body, token=token, cert=cert)
+        assert (status, json.loads(answer)) == (200, {"accepted": 500})
+        assert request(f"{base}/metrics", cert=cert)[0] == 200
+
+        grace = pod["terminationGracePeriodSeconds"] - prestop_seconds(spec)
+        stopping = time.monotonic()
+        docker("stop", "-t", str(grace), name, timeout=grace + 30)
+        stopped = time.monotonic() - stopping
+        state = json.loads(docker("inspect", "-f", "{{json .State}}", name))
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+
+    assert (state["ExitCode"], state["OOMKilled"]) == (0, False), logs
+    _, gunicorn = settings_of(container_env(container(resources)), monkeypatch)
+    assert stopped < gunicorn.graceful_timeout, f"the stop took {stopped:.0f}s"
+    assert "drained" in logs, logs
+    for bad in ("ERROR", "Traceback", "CRITICAL", "Read-only file system"):
+        assert bad not in logs, logs
+    written = data / "k8s.log"
+    assert written.read_bytes() == body
+    assert (written.stat().st_uid, written.stat().st_gid) == (uid, fs_group)
