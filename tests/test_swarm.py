@@ -8,12 +8,14 @@ are removed whatever happens. ../shared/bin/docker-here starts the engine and bu
 stand-ins for haproxy and prom/prometheus: no registry is reachable.
 """
 
+import contextlib
 import http.client
 import io
 import json
 import os
 import random
 import re
+import ssl
 import subprocess
 import tarfile
 import threading
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER_HERE = ROOT.parent / "shared" / "bin" / "docker-here"
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
+SECURE_FILE = ROOT / "deploy" / "swarm" / "secure.yml"
 FIRST_LINE = re.compile(rb"^c(\d{2}) r(\d{5}) l0000 ", re.MULTILINE)
 
 
@@ -143,33 +146,48 @@ def remove_stack(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def swarm() -> Iterator[Swarm]:
+def image() -> Iterator[str]:
+    """An engine in a swarm, and the project's image built under a tag of this run's own."""
     # Not skipped: a machine like CI's can run this, so failing to is a failure. docker-here
     # also builds the haproxy stand-in the stack names, when it is missing.
     subprocess.run([str(DOCKER_HERE)], cwd=ROOT, check=True, timeout=600)
     joined = swarm_state() == "inactive"
     if joined:
         docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-    name = f"lwswarm{os.getpid()}"
-    image = f"logwriter:{name}"
-    started = Swarm(name, image, free_port(), free_port())
+    tag = f"logwriter:lwswarm{os.getpid()}"
     try:
-        docker("build", "-q", "-t", image, str(ROOT), timeout=600)
-        env = {
-            **os.environ,
-            "LOGWRITER_IMAGE": image,
-            "LOGWRITER_PORT": str(started.logwriter_port),
-            "PROMETHEUS_PORT": str(started.prometheus_port),
-        }
-        docker("stack", "deploy", "-c", str(STACK_FILE), name, env=env)
+        docker("build", "-q", "-t", tag, str(ROOT), timeout=600)
+        yield tag
+    finally:
+        subprocess.run(["docker", "rmi", tag], capture_output=True, timeout=60)
+        if joined:
+            subprocess.run(["docker", "swarm", "leave", "--force"], timeout=60)
+
+
+@contextlib.contextmanager
+def deployed(image: str, name: str, *files: Path, env: dict[str, str] | None = None):
+    """`docker stack deploy -c stack.yml [-c FILE...] NAME` on free ports; removed at the end."""
+    started = Swarm(name, image, free_port(), free_port())
+    environment = {
+        **os.environ,
+        "LOGWRITER_IMAGE": image,
+        "LOGWRITER_PORT": str(started.logwriter_port),
+        "PROMETHEUS_PORT": str(started.prometheus_port),
+        **(env or {}),
+    }
+    try:
+        compose_files = [arg for f in (STACK_FILE, *files) for arg in ("-c", str(f))]
+        docker("stack", "deploy", *compose_files, name, env=environment)
         yield started
     finally:
-        try:
-            remove_stack(name)
-        finally:
-            subprocess.run(["docker", "rmi", image], capture_output=True, timeout=60)
-            if joined:
-                subprocess.run(["docker", "swarm", "leave", "--force"], timeout=60)
+        remove_stack(name)
+
+
+@pytest.fixture
+def swarm(image: str) -> Iterator[Swarm]:
+    """deploy/swarm/stack.yml as it is."""
+    with deployed(image, f"lwswarm{os.getpid()}") as started:
+        yield started
 
 
 @dataclass
@@ -291,6 +309,15 @@ def test_swarm_stack(swarm: Swarm, tmp_path: Path):
         interval=1,
     )
 
+    # The defaults: plain HTTP (the posts below), no tokens, no secrets.
+    spec = json.loads(
+        docker(
+            "service", "inspect", "-f", "{{json .Spec.TaskTemplate.ContainerSpec}}", swarm.service
+        )
+    )
+    assert not [e for e in spec.get("Env", []) if e.startswith(("LOGWRITER_TLS", "LOGWRITER_TOK"))]
+    assert not spec.get("Secrets"), spec["Secrets"]
+
     # --- Before any restart: Prometheus sees each replica, and counts what is on disk. ---
     for request in range(30):  # one connection each: HAProxy spreads them round robin
         conn = http.client.HTTPConnection("127.0.0.1", swarm.logwriter_port, timeout=20)
@@ -396,3 +423,74 @@ def test_swarm_stack(swarm: Swarm, tmp_path: Path):
         f"failure {last_failure:.2f}s after the kill; {elapsed:.0f}s in all"
     )
     assert elapsed < 240, f"the test took {elapsed:.0f}s"
+
+
+@pytest.mark.tools  # openssl, for the certificate
+def test_swarm_stack_with_tokens_and_tls(image: str, tmp_path: Path):
+    """stack.yml with secure.yml, as docs/fleet.md deploys them: HTTPS from the sender to
+    HAProxy and from HAProxy to each replica, a bearer token, Prometheus scraping over HTTPS."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    cert, key = secrets / "logwriter.crt", secrets / "logwriter.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=logwriter", "-addext", "subjectAltName=DNS:logwriter,IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (secrets / "haproxy.pem").write_bytes(cert.read_bytes() + key.read_bytes())
+    (secrets / "tokens.txt").write_text("# the swarm test's\nswarm-s3cret\n")
+    context = ssl.create_default_context(cafile=str(cert))
+
+    env = {"LOGWRITER_SECRETS": str(secrets)}
+    with deployed(image, f"lwswarmtls{os.getpid()}", SECURE_FILE, env=env) as swarm:
+
+        def post(headers: dict[str, str]) -> tuple[int, bytes]:
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", swarm.logwriter_port, timeout=10, context=context
+            )
+            try:
+                conn.request("POST", "/v1/logs/tls?ack=written", request_body(91, 0, 3), headers)
+                answer = conn.getresponse()
+                return answer.status, answer.read()
+            finally:
+                conn.close()
+
+        def ready() -> bool:
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", swarm.logwriter_port, timeout=5, context=context
+            )
+            try:
+                conn.request("GET", "/readyz")
+                return conn.getresponse().status == 200
+            except http.client.HTTPException:
+                return False
+            finally:
+                conn.close()
+
+        wait_until(ready, 120, "the balancer to answer /readyz over HTTPS", interval=0.5)
+        wait_until(
+            lambda: swarm.prometheus_value("count(up{job='logwriter'} == 1)") == 3,
+            90,
+            lambda: f"Prometheus to scrape 3 replicas over HTTPS: {swarm.prometheus('up')}",
+            interval=1,
+        )
+        assert swarm.prometheus_value('haproxy_backend_active_servers{proxy="logwriter"}') == 3
+
+        assert post({})[0] == 401
+        assert post({"Authorization": "Bearer wrong"})[0] == 401
+        status, body = post({"Authorization": "Bearer swarm-s3cret"})
+        assert (status, json.loads(body)) == (200, {"accepted": 3})
+        plain = http.client.HTTPConnection("127.0.0.1", swarm.logwriter_port, timeout=5)
+        with pytest.raises((OSError, http.client.HTTPException)):  # no HTTP answer at all
+            plain.request("GET", "/readyz")
+            plain.getresponse()
+        plain.close()
+
+        copies = swarm.read_volumes(tmp_path / "volumes")
+        files = files_of(copies, "tls")
+        assert len(files) == 1, files
+        assert check_files(files.values(), {(91, 0): 3}) == 3
