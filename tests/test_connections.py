@@ -54,8 +54,8 @@ def silent_connections(port: int, count: int) -> Iterator[list[int]]:
                     sock.close()
                     try:
                         open_one()
-                    except ConnectionRefusedError:
-                        return  # the service has stopped
+                    except ConnectionError:  # refused or reset: the service is stopping
+                        return
                     reopened[0] += 1
 
     for _ in range(count):
