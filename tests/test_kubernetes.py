@@ -48,8 +48,8 @@ PROVEN_STOPS = [ROOT / "docker-compose.yml", ROOT / "deploy" / "swarm" / "stack.
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}  # checked by test_service_monitor
 
-# A pod's memory: the arbiter (39 MiB RSS measured with 2 workers), and per worker its idle
-# size plus the bound docs/performance.md#memory gives.
+# A pod's memory: the arbiter, and per worker its idle size plus the bound
+# docs/performance.md#memory gives (the figures are there).
 ARBITER_MIB = 40
 WORKER_IDLE_MIB = 45
 MIB = 1 << 20
