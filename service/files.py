@@ -10,6 +10,8 @@ operator's sake:
 - LOGWRITER_FILE_TEMPLATE may hold strftime fields (UTC), so files roll by time by themselves,
   and {host}, this host's name, so replicas sharing a volume write a file each.
 - At most `max_open` descriptors stay open; the least recently used is closed first.
+- Worker processes share a stream's file: lock() and unlock() around each append hold off the
+  others' appends to that file (and only that file) with an flock on its descriptor.
 """
 
 import fcntl
@@ -18,8 +20,7 @@ import re
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,8 @@ class _Open:
 class LogFiles:
     """The stream files of one log folder, as the writer thread appends to them.
 
-    Per batch: exclusive() around the appends, append() per stream, fsync() for the streams
-    whose requests wait for it, then end_batch(); close() at the end.
+    Per batch: lock(), append() and unlock() per stream, fsync() for the streams whose
+    requests wait for it, then end_batch(); close() at the end.
     """
 
     def __init__(self, directory: Path, template: str = "{stream}.log", max_open: int = 256):
@@ -54,7 +55,6 @@ class LogFiles:
         # fsync: a file's name is durable only once its folder is synced. Opened counts too,
         # since another worker may have created the file.
         self._dirs_to_sync: set[Path] = set()
-        self._lock_fd: int | None = None  # the folder, opened at the first batch
 
     def path(self, stream: str) -> str:
         """Where the stream's lines go now: the template, its strftime fields in UTC.
@@ -66,31 +66,30 @@ class LogFiles:
             name = time.strftime(name, time.gmtime())
         return os.path.join(self._dir, name)
 
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold off the other worker processes' writers while appending a batch.
+    def lock(self, stream: str) -> None:
+        """Open the stream's file if need be, and hold off the other worker processes' appends
+        to it until unlock(stream).
 
-        One writev is atomic anyway; this matters when a write stops short (a full disk) and
-        its remainder is written later: no other worker's lines may land in between.
+        One writev is atomic anyway; the lock matters when a write stops short (a full disk)
+        and its remainder is written later: no other worker's lines may land in between. Held
+        on the file, not its folder, so that other streams' appends never wait for it.
         """
-        if self._lock_fd is None:
-            self._lock_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        fd = self._written.get(stream)
+        if fd is None:  # a retry in this batch continues in the same file
+            fd = self._written[stream] = self._current(stream)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def unlock(self, stream: str) -> None:
+        fcntl.flock(self._written[stream], fcntl.LOCK_UN)
 
     def append(self, stream: str, buffers: list[bytes | memoryview]) -> None:
-        """Append the buffers in order, finishing short writes.
+        """Append the buffers in order, finishing short writes; between lock() and unlock().
 
         O_APPEND makes each writev land at the current end of the file in one piece. After an
         error, `buffers` holds exactly what is still unwritten, so the caller can retry without
         doubling a byte.
         """
-        fd = self._written.get(stream)
-        if fd is None:  # a retry in this batch continues in the same file
-            fd = self._written[stream] = self._current(stream)
+        fd = self._written[stream]
         while buffers:
             written = os.writev(fd, buffers[:_IOV_MAX])
             done = 0
@@ -126,9 +125,6 @@ class LogFiles:
         self._retired.extend(self._written.values())
         self._open.clear()
         self.end_batch()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     def _current(self, stream: str) -> int:
         path = self.path(stream)

@@ -171,6 +171,8 @@ class Writer:
                 raise QueueFull
             self._pending_bytes += size
             self._pending_lines += lines
+            if self._pending_bytes < self._limit:
+                self._not_full.notify()  # pass the wake-up on: the next may fit too
             for entry in entries:
                 if entry.ack == "fsync":
                     self._group_commit.queued += 1
@@ -254,19 +256,11 @@ class Writer:
             shares.setdefault(entry.stream, _Share()).add(entry)
         retry_now = self._retry.due()
         written: dict[str, _Share] = {}
-        try:
-            with self._files.exclusive():
-                for stream, share in shares.items():
-                    if (share.failed and not retry_now) or not self._append(stream, share):
-                        self._unwritten[stream] = share
-                    else:
-                        written[stream] = share
-        except OSError as exc:  # the log folder itself could not be opened, locked or unlocked
-            self._record_error("the log folder", exc)
-            for stream, share in shares.items():
-                if stream not in written:  # never write a share twice
-                    share.failed = True
-                    self._unwritten[stream] = share
+        for stream, share in shares.items():
+            if (share.failed and not retry_now) or not self._append(stream, share):
+                self._unwritten[stream] = share
+            else:
+                written[stream] = share
         if self._unwritten and retry_now:
             self._retry.failed()
         elif not self._unwritten:
@@ -283,22 +277,33 @@ class Writer:
     def _append(self, stream: str, share: "_Share") -> bool:
         """Append a stream's share of the batch; False if it must wait for a later batch.
 
-        A failed append is retried right here, holding the folder lock, only when it cut a
+        A failed append is retried right here, holding the file's lock, only when it cut a
         request in two: its rest must follow before any other worker writes to the file.
         Otherwise the share waits and the other streams go on.
         """
         started = time.perf_counter()
-        cut_retry = Backoff()
-        while True:
-            try:
-                self._files.append(stream, share.buffers)  # on error, only the rest remains
-                break
-            except OSError as exc:
-                self._record_error(stream, exc)
-                share.failed = True
-                if not isinstance(share.buffers[0], memoryview):
-                    return False  # no request is half-written
-                time.sleep(cut_retry.failed())
+        try:
+            self._files.lock(stream)
+        except OSError as exc:  # the file could not be opened (or locked): nothing written
+            self._record_error(stream, exc)
+            share.failed = True
+            return False
+        try:
+            cut_retry = Backoff()
+            while True:
+                try:
+                    self._files.append(stream, share.buffers)  # on error, only the rest remains
+                    break
+                except OSError as exc:
+                    self._record_error(stream, exc)
+                    share.failed = True
+                    if not isinstance(share.buffers[0], memoryview):
+                        return False  # no request is half-written
+                    time.sleep(cut_retry.failed())
+        finally:
+            self._files.unlock(stream)
+        # Only once the file is unlocked: the request threads this wakes take the GIL, which
+        # this thread needs back before it can unlock, while the other workers' writers wait.
         self._release(share)
         metrics.write_seconds.observe(time.perf_counter() - started)
         return True
@@ -312,7 +317,9 @@ class Writer:
             self._pending_lines -= lines
             if self._pending_bytes <= self._limit // 2:
                 self._overloaded = False
-            self._not_full.notify_all()
+            # One, not all: each waiter that gets in wakes the next while room is left, so a
+            # freed megabyte does not wake eight threads to fight over it (and over the GIL).
+            self._not_full.notify()
         # Counted before the answers go out, so a client's next scrape includes its lines.
         metrics.lines_written.inc(lines)
         metrics.bytes_written.inc(size)

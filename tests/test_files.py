@@ -1,5 +1,6 @@
 """Stream files: rotation by rename, truncation, time-based templates, the open-file bound."""
 
+import fcntl
 import os
 import socket
 import time
@@ -14,8 +15,9 @@ pytestmark = pytest.mark.unit
 
 
 def append(files: LogFiles, stream: str, data: bytes) -> None:
-    with files.exclusive():
-        files.append(stream, [data])
+    files.lock(stream)
+    files.append(stream, [data])
+    files.unlock(stream)
     files.end_batch()
 
 
@@ -41,8 +43,9 @@ def test_a_truncated_file_is_appended_at_its_new_end(tmp_path: Path):
 def test_template_with_time_fields_makes_folders(tmp_path: Path):
     files = LogFiles(tmp_path, "{stream}/%Y/%m-%d.log")
     append(files, "web", b"hit\n")
-    with files.exclusive():
-        files.append("web", [b"sync me\n"])
+    files.lock("web")
+    files.append("web", [b"sync me\n"])
+    files.unlock("web")
     files.fsync(["web"])
     files.end_batch()
     files.close()
@@ -55,7 +58,7 @@ def test_least_recently_used_files_are_closed_beyond_the_bound(tmp_path: Path):
     before = len(os.listdir("/proc/self/fd"))
     for name in ("a", "b", "c", "a", "d"):
         append(files, name, f"{name}\n".encode())
-    assert len(os.listdir("/proc/self/fd")) - before <= 3  # two streams and the folder lock
+    assert len(os.listdir("/proc/self/fd")) - before <= 2
     files.close()
     assert (tmp_path / "a.log").read_bytes() == b"a\na\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.log", "b.log", "c.log", "d.log"]
@@ -69,9 +72,33 @@ def test_short_writes_are_finished_in_order(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(service.files.os, "writev", writev_at_most_3_bytes)
     files = LogFiles(tmp_path)
+    files.lock("s")
     files.append("s", [b"abcd\n", b"ef\n", b"ghijklm\n"])
+    files.unlock("s")
     files.close()
     assert (tmp_path / "s.log").read_bytes() == b"abcd\nef\nghijklm\n"
+
+
+def test_the_lock_holds_off_appends_to_that_file_only(tmp_path: Path):
+    files = LogFiles(tmp_path)
+    append(files, "other", b"created\n")
+    files.lock("app")
+
+    def free(name: str) -> bool:  # as another worker's writer would find it
+        fd = os.open(tmp_path / name, os.O_WRONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    assert not free("app.log")
+    assert free("other.log")
+    files.unlock("app")
+    assert free("app.log")
+    files.close()
 
 
 def test_host_in_the_template_names_this_hosts_file(
