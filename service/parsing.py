@@ -1,8 +1,8 @@
 """Request bodies in, normalized lines out: reading with limits, gunzipping, splitting, validating.
 
-Everything here works on whole bodies with single bytes operations (one UTF-8 decode to
-validate, `bytes.count` to count, one `replace` to strip CRs), so the text path does no
-per-line Python work. Lines are split on b"\\n" only: no other separator, ASCII or
+Everything here works on whole bodies with single bytes operations (an ASCII check, or one
+UTF-8 decode, to validate, `bytes.count` to count, one `replace` to strip CRs), so the text
+path does no per-line Python work. Lines are split on b"\\n" only: no other separator, ASCII or
 Unicode, can turn one line into two.
 """
 
@@ -153,7 +153,8 @@ def count_lines(body: bytes) -> int:
 
 
 def _text_lines(body: bytes) -> Lines:
-    _decode(body)  # validates; the lines are kept as bytes
+    if not body.isascii():  # ASCII is UTF-8 already, and isascii() makes no copy
+        _decode(body)  # validates; the lines are kept as bytes
     if not body:
         return Lines(b"", 0)
     if not body.endswith(b"\n"):
