@@ -4,7 +4,7 @@ ratios of its own case)."""
 
 from dataclasses import dataclass
 
-from bench.workloads import DURABLE_CONNS, Case
+from bench.workloads import DURABLE_CONNS, WORKERS, Case
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,19 @@ class WorkerScaling:
 CONTENDER_RATIOS = [
     ContenderRatio("logwriter / nginx ceiling", {"lines": 1000}, "logwriter", "nginx", 0.5),
     ContenderRatio("logwriter / naive", {"lines": 1000}, "logwriter", "naive", 1.0),
-    ContenderRatio("logwriter / naive", {"lines": 1, "conns": 32}, "logwriter", "naive", 1.0),
+    ContenderRatio(
+        "logwriter / naive", {"lines": 1, "conns": 32, "workers": 1}, "logwriter", "naive", 1.0
+    ),
+    *(
+        ContenderRatio(
+            "logwriter / naive",
+            {"lines": 1, "conns": 32, "workers": workers},
+            "logwriter",
+            "naive",
+            0.95,
+        )
+        for workers in WORKERS[1:]
+    ),
     ContenderRatio(
         "logwriter ack=fsync / naive fsync",
         {"conns": DURABLE_CONNS},

@@ -42,10 +42,12 @@ class Case:
 
 
 def full_cases() -> list[Case]:
-    """Text bodies at every connection count; NDJSON and more workers at 32 connections."""
+    """Text bodies at every connection count; NDJSON and more workers at 32 connections, and
+    the largest bodies with more workers at 128 too (what log shippers send)."""
     cases = [Case(lines, conns, 1) for lines in SIZES for conns in CONNECTIONS]
     cases += [Case(lines, 32, 1, "ndjson") for lines in SIZES]
     cases += [Case(lines, 32, workers) for workers in WORKERS[1:] for lines in SIZES]
+    cases += [Case(SIZES[-1], 128, workers) for workers in WORKERS[1:]]
     return cases
 
 
