@@ -82,6 +82,9 @@ def log_folder(case: Case, tmp: Path) -> Iterator[tuple[Path, list[str]]]:
 
 
 def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float]:
+    # Every contender starts on the same disk: the folder of the one before is gone (with its
+    # dirty pages), and nothing is left for writeback to do meanwhile.
+    os.sync()
     with (
         tempfile.TemporaryDirectory(prefix="logwriter-bench-") as tmp_name,
         log_folder(case, Path(tmp_name)) as (logs, prefix),
