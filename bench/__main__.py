@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--all", action="store_true", help="every combination of the workloads (about 80 min)"
     )
+    parser.add_argument(
+        "--case",
+        action="append",
+        type=parse_case,
+        metavar="LINES/CONNS/WORKERS[/ndjson]",
+        help="only this case, instead of the default run's (repeatable)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=3, help="per measurement (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results")
@@ -71,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     ensure_tools()
     if args.smoke:
         cases = [Case(100, DURABLE_CONNS, 1)]
+    elif args.case:
+        cases = args.case
     else:
         cases = every_case() if args.all else full_cases()
     if args.iops:
@@ -138,6 +147,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_client:
         print()
         bench_client.main(["--smoke"] if args.smoke else ["--rounds", str(rounds)])
+
+
+def parse_case(text: str) -> Case:
+    """A Case from "1000/128/2" (lines per body, connections, workers) or "1/32/1/ndjson"."""
+    lines, conns, workers, *body = text.split("/")
+    if body and body != ["ndjson"]:
+        raise argparse.ArgumentTypeError(f"the body is text (the default) or ndjson: {text!r}")
+    return Case(int(lines), int(conns), int(workers), *body)
 
 
 if __name__ == "__main__":
