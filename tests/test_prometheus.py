@@ -68,6 +68,8 @@ def test_prometheus_counts_every_line_on_disk(tmp_path: Path, start_logwriter: L
         load = Load(service.port, clients=4).start()
         time.sleep(2)
         load.stop()
+        # A 202 answers lines that are queued, not yet written: read the files once written.
+        wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
         on_disk = check_files(service.dir.glob("*.log"), load.acked)
         assert on_disk > 0
 
