@@ -40,6 +40,7 @@ from test_otlp_unit import (
     request,
     resource_logs,
 )
+from traffic import ClientThreads
 
 pytestmark = pytest.mark.service
 
@@ -316,7 +317,7 @@ def load_request(client: int, number: int, count: int) -> bytes:
 
 
 @dataclass
-class OtlpLoad:
+class OtlpLoad(ClientThreads):
     """Client threads posting protobuf requests of 50-100 records on keep-alive connections
     until stop(), recording each request's answer (0: none came)."""
 
@@ -326,19 +327,6 @@ class OtlpLoad:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> "OtlpLoad":
-        for client in range(self.clients):
-            thread = threading.Thread(target=self._client, args=(client,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-            assert not thread.is_alive(), "a load client did not stop"
 
     def acked_records(self) -> int:
         with self._lock:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from support import free_port, wait_until
-from traffic import check_files, request_body
+from traffic import ClientThreads, check_files, request_body
 
 pytestmark = pytest.mark.docker
 
@@ -202,7 +202,7 @@ class Outcome:
 
 
 @dataclass
-class Posters:
+class Posters(ClientThreads):
     """Clients posting `ack=written` bodies of 1..max_lines lines through the balancer, with
     `pause` seconds between requests, each request's outcome recorded; `stream` may be changed
     on the go. Clients of an even number keep their connection alive; the others open one per
@@ -222,18 +222,8 @@ class Posters:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
 
-    def start(self) -> "Posters":
-        for client in range(self.first_client, self.first_client + self.clients):
-            thread = threading.Thread(target=self._client, args=(client,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-            assert not thread.is_alive(), "a client did not stop"
+    def client_numbers(self) -> range:
+        return range(self.first_client, self.first_client + self.clients)
 
     def _snapshot(self) -> dict[tuple[int, int], Outcome]:
         with self._lock:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 PAD = 60
 _LINE = re.compile(rb"c(\d{2}) r(\d{5}) l(\d{4}) of (\d{4}) x{%d}" % PAD)
@@ -24,8 +25,37 @@ def request_body(client: int, request: int, count: int) -> bytes:
     )
 
 
+class ClientThreads:
+    """Load clients, one thread each: start() runs _client(number) for every number of
+    client_numbers(); stop() tells them to end and joins them. For dataclasses that have
+    `clients`, `_stop` and `_threads` fields."""
+
+    clients: int
+    _stop: threading.Event
+    _threads: list[threading.Thread]
+
+    def client_numbers(self) -> range:
+        return range(self.clients)
+
+    def start(self) -> Self:
+        for client in self.client_numbers():
+            thread = threading.Thread(target=self._client, args=(client,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+            assert not thread.is_alive(), "a load client did not stop"
+
+    def _client(self, client: int) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class Load:
+class Load(ClientThreads):
     """`clients` threads posting bodies of 1..`max_lines` lines on keep-alive connections until
     stop() or `seconds` pass, recording which requests were acknowledged."""
 
@@ -40,19 +70,6 @@ class Load:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> "Load":
-        for client in range(self.clients):
-            thread = threading.Thread(target=self._client, args=(client,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-            assert not thread.is_alive(), "a load client did not stop"
 
     def acked_lines(self) -> int:
         with self._lock:
