@@ -1,7 +1,7 @@
 """Request bodies in, normalized lines out: reading with limits, gunzipping, splitting, validating.
 
 Everything here works on whole bodies with single bytes operations (an ASCII check, or one
-UTF-8 decode, to validate, `bytes.count` to count, one `replace` to strip CRs), so the text
+UTF-8 decode, to validate, a `replace` to count, one to strip CRs), so the text
 path does no per-line Python work. Lines are split on b"\\n" only: no other separator, ASCII or
 Unicode, can turn one line into two.
 """
@@ -17,6 +17,7 @@ from service.refusals import Rejected
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _READ_CHUNK = 64 << 10
+_COUNT_PIECE = 1 << 20
 _GZIP_WBITS = 31  # zlib's "gzip header and trailer, no zlib wrapper"
 # curl's -d and --data-binary send form-urlencoded unless told otherwise: taken as text, as sent.
 _TEXT_TYPES = {"text/plain", "application/x-www-form-urlencoded", ""}
@@ -149,7 +150,18 @@ def parse_body(body: bytes, mimetype: str, charset: str | None, max_line: int) -
 
 def count_lines(body: bytes) -> int:
     """How many lines a body holds when split on b"\\n" (a last line without one counts)."""
-    return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+    return _newlines(body) + (1 if body and not body.endswith(b"\n") else 0)
+
+
+def _newlines(data: bytes) -> int:
+    """How many b"\\n" `data` holds.
+
+    bytes.count looks at one byte at a time; replace() finds them with memchr and is several
+    times faster, copy included. It works on a megabyte at a time, so the copy stays small.
+    """
+    if len(data) <= _COUNT_PIECE:
+        return len(data) - len(data.replace(b"\n", b""))
+    return sum(_newlines(data[i : i + _COUNT_PIECE]) for i in range(0, len(data), _COUNT_PIECE))
 
 
 def _text_lines(body: bytes) -> Lines:
@@ -162,7 +174,7 @@ def _text_lines(body: bytes) -> Lines:
     if b"\r" in body:  # a one-byte search is memchr-fast, a two-byte one far slower
         # One trailing CR per line: "a\r\r\n" keeps its first CR, "a\rb" is untouched.
         body = body.replace(b"\r\n", b"\n")
-    return Lines(body, body.count(b"\n"))
+    return Lines(body, _newlines(body))
 
 
 def _ndjson_lines(body: bytes) -> Lines:

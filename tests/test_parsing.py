@@ -170,6 +170,13 @@ def test_count_lines():
     assert [count_lines(body) for body in (b"", b"a", b"a\nb\n", b"a\nb")] == [0, 1, 2, 2]
 
 
+def test_count_lines_of_a_body_counted_a_megabyte_at_a_time():
+    # Newlines on both sides of each megabyte's edge, and a last line without one.
+    body = b"\n".join([b"x" * ((1 << 20) - 1)] * 3 + [b"\n" * 5, b"end"])
+    assert count_lines(body) == body.count(b"\n") + 1 == 10
+    assert parse_body(body + b"\n", "text/plain", None, 1 << 20).count == 10
+
+
 @pytest.mark.parametrize("name", ["app", "a", "A-b_c.9", "x" * 64, "a..b"])
 def test_stream_names_allowed(name: str):
     assert check_stream_name(name) == name
