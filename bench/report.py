@@ -137,13 +137,18 @@ def plots(results: Results, out: Path) -> list[str]:
         return []
     made = []
     for lines in SIZES:
-        fig, axes = plt.subplots(figsize=(7, 4))
-        for name in ("logwriter", "naive", "nginx"):
-            points = sorted(
+        curves = {
+            name: sorted(
                 (case.conns, median(runs, "lines_per_s"))
                 for (case, n), runs in results.items()
                 if n == name and case.lines == lines and case.workers == 1 and case.body == "text"
             )
+            for name in ("logwriter", "naive", "nginx")
+        }
+        if not any(curves.values()):  # a run of chosen cases (--case) may have none
+            continue
+        fig, axes = plt.subplots(figsize=(7, 4))
+        for name, points in curves.items():
             if points:
                 axes.plot(*zip(*points, strict=True), marker="o", label=name)
         axes.set(
