@@ -9,7 +9,6 @@ import random
 import re
 import signal
 import socket
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -324,9 +323,6 @@ class OtlpLoad(ClientThreads):
     port: int
     clients: int = 6
     statuses: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
 
     def acked_records(self) -> int:
         with self._lock:

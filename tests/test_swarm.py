@@ -18,7 +18,6 @@ import re
 import ssl
 import subprocess
 import tarfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -218,9 +217,6 @@ class Posters(ClientThreads):
     max_lines: int = 100
     pause: float = 0.02
     outcomes: dict[tuple[int, int], Outcome] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
 
     def client_numbers(self) -> range:
         return range(self.first_client, self.first_client + self.clients)

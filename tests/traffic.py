@@ -25,17 +25,18 @@ def request_body(client: int, request: int, count: int) -> bytes:
     )
 
 
+@dataclass(kw_only=True)
 class ClientThreads:
     """Load clients, one thread each: start() runs _client(number) for every number of
-    client_numbers(); stop() tells them to end and joins them. For dataclasses that have
-    `clients`, `_stop` and `_threads` fields."""
+    client_numbers() (by default, range of the subclass's `clients` field); stop() tells them
+    to end (_stop) and joins them. _lock guards what a subclass's clients record."""
 
-    clients: int
-    _stop: threading.Event
-    _threads: list[threading.Thread]
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     def client_numbers(self) -> range:
-        return range(self.clients)
+        return range(self.clients)  # type: ignore[attr-defined]  # a field of each subclass
 
     def start(self) -> Self:
         for client in self.client_numbers():
@@ -67,9 +68,6 @@ class Load(ClientThreads):
     headers: dict[str, str] = field(default_factory=dict)
     acked: dict[tuple[int, int], int] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
 
     def acked_lines(self) -> int:
         with self._lock:
