@@ -34,6 +34,7 @@ class Settings:
     max_body_bytes: int = 8 << 20
     max_line_bytes: int = 1 << 20
     ack: Ack = "queued"
+    writer_nice: int = -10  # relative to the worker; applied where the process may
     file_template: str = "{stream}.log"
     max_open_files: int = 256
     body_timeout: float = 10.0
@@ -65,6 +66,7 @@ class Settings:
             max_body_bytes=read("MAX_BODY_BYTES", _size, d.max_body_bytes),
             max_line_bytes=read("MAX_LINE_BYTES", _size, d.max_line_bytes),
             ack=read("ACK", _ack, d.ack),
+            writer_nice=read("WRITER_NICE", _nice_increment, d.writer_nice),
             file_template=read("FILE_TEMPLATE", lambda _, text: text, d.file_template),
             max_open_files=read("MAX_OPEN_FILES", _positive_int, d.max_open_files),
             body_timeout=read("BODY_TIMEOUT", _seconds, d.body_timeout),
@@ -181,6 +183,15 @@ def _boolean(name: str, text: str) -> bool:
 def _positive_int(name: str, text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise SettingsError(f"{name} must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _nice_increment(name: str, text: str) -> int:
+    if not re.fullmatch(r"0|-([1-9]|1[0-9]|20)", text):
+        raise SettingsError(
+            f"{name} must be a whole number from -20 to 0 (nice levels above the worker's "
+            f"request threads), got {text!r}"
+        )
     return int(text)
 
 

@@ -1,7 +1,7 @@
 """The writer: a queue bounded in bytes, and the one thread that appends what it holds to disk.
 
 Its life reads like logging.handlers.QueueListener:
-  start()  starts the consumer thread.
+  start()  starts the consumer thread, at a raised priority where the process may (below).
   put()    queues one request's lines (request threads); waits briefly while the queue is full.
            put_all() queues a request's lines for several streams, all or none.
   stop()   refuses further puts and queues the pill; the thread writes everything queued before
@@ -14,6 +14,10 @@ the queue room and acknowledges ack=written requests (_release), then one fsync 
 ack=fsync request of the batch (_fsync). Queued bytes count against the bound until they are
 on disk, so memory stays within it however slow the disk is. An append that fails is kept and
 retried on a backoff, in order, while the other streams go on.
+
+The thread runs `priority_steps` nice levels above its worker's request threads where the
+process may: it is the one stage every line goes through, and while it holds a file's lock
+the other workers' writers wait for it, so a core should go to it first.
 """
 
 import errno
@@ -26,6 +30,7 @@ from typing import Final, Literal
 
 from service import metrics
 from service.files import LogFiles
+from service.priority import raise_priority
 
 log = logging.getLogger("logwriter")
 
@@ -102,9 +107,10 @@ class Writer:
     bounds what is queued or being written, so a stalled disk makes put() wait, then refuse.
     """
 
-    def __init__(self, files: LogFiles, limit_bytes: int) -> None:
+    def __init__(self, files: LogFiles, limit_bytes: int, priority_steps: int = 0) -> None:
         self._files = files
         self._limit = limit_bytes
+        self._priority_steps = priority_steps
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
@@ -143,6 +149,19 @@ class Writer:
         metrics.queue_limit_bytes.set(self._limit)
         self._thread = threading.Thread(target=self._run, name="logwriter-writer", daemon=True)
         self._thread.start()
+        if self._priority_steps:
+            assert self._thread.native_id is not None  # set once started
+            wanted, nice = raise_priority(self._thread.native_id, self._priority_steps)
+            if nice == wanted:
+                log.info("writer thread runs at nice %d", nice)
+            else:
+                log.info(
+                    "writer thread runs at nice %d, not %d: that needs CAP_SYS_NICE or an "
+                    "RLIMIT_NICE of %d (LOGWRITER_WRITER_NICE, docs/operations.md)",
+                    nice,
+                    wanted,
+                    20 - wanted,
+                )
 
     def put(self, entry: Entry, timeout: float) -> None:
         """Queue a request's lines; QueueFull if no room comes within `timeout` seconds."""

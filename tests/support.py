@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,10 +161,12 @@ def start_service(
     env: dict[str, str] | None = None,
     log_dir: Path | None = None,
     tls: Path | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Service:
-    """Start `logwriter` in `tmp_path` (its cwd and its output file, service.out) and return
-    once each of its `workers` has a writer running. Tests use the start_logwriter fixture,
-    which stops what it started; this is for fixtures of a wider scope."""
+    """Start `logwriter` in `tmp_path` (its cwd and its output file, service.out), under the
+    `wrapper` command if one is given (setpriv, say), and return once each of its `workers`
+    has a writer running. Tests use the start_logwriter fixture, which stops what it started;
+    this is for fixtures of a wider scope."""
     port = free_port()
     log_dir = log_dir or tmp_path / "logs"
     output = tmp_path / "service.out"
@@ -177,7 +179,7 @@ def start_service(
     }
     with output.open("wb") as out:
         proc = subprocess.Popen(
-            [str(LOGWRITER)],
+            [*wrapper, str(LOGWRITER)],
             env=environment,
             cwd=tmp_path,
             stdout=out,
@@ -225,12 +227,13 @@ class Logwriters:
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         tls: Path | None = None,
+        wrapper: Sequence[str] = (),
     ) -> Service:
         folder = self.folder
         if self.started:  # a second service in one test: a folder of its own
             folder = self.folder / f"logwriter-{len(self.started) + 1}"
             folder.mkdir()
-        service = start_service(folder, workers=workers, env=env, log_dir=log_dir, tls=tls)
+        service = start_service(folder, workers, env, log_dir, tls, wrapper)
         self.started.append(service)
         return service
 

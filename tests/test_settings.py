@@ -20,6 +20,7 @@ def test_defaults():
         max_body_bytes=8 << 20,
         max_line_bytes=1 << 20,
         ack="queued",
+        writer_nice=-10,
         file_template="{stream}.log",
         max_open_files=256,
         idle_timeout=5.0,
@@ -38,6 +39,7 @@ def test_values_and_sizes_with_units():
             "LOGWRITER_MAX_BODY_BYTES": "512K",
             "LOGWRITER_MAX_LINE_BYTES": "1024",
             "LOGWRITER_ACK": "fsync",
+            "LOGWRITER_WRITER_NICE": "-20",
             "LOGWRITER_IDLE_TIMEOUT": "0.5",
             "LOGWRITER_MAX_CONNECTIONS": "5000",
         }
@@ -50,6 +52,8 @@ def test_values_and_sizes_with_units():
         1024,
     )
     assert settings.ack == "fsync"
+    assert settings.writer_nice == -20
+    assert Settings.from_env({"LOGWRITER_WRITER_NICE": "0"}).writer_nice == 0
     assert (settings.idle_timeout, settings.max_connections) == (0.5, 5000)
 
 
@@ -67,6 +71,8 @@ def test_empty_means_default():
         ("LOGWRITER_MAX_BODY_BYTES", "100MiB", "must not exceed LOGWRITER_QUEUE_BYTES"),
         ("LOGWRITER_MAX_LINE_BYTES", "9MiB", "must not exceed LOGWRITER_MAX_BODY_BYTES"),
         ("LOGWRITER_ACK", "maybe", "LOGWRITER_ACK must be one of queued, written, fsync"),
+        ("LOGWRITER_WRITER_NICE", "5", "LOGWRITER_WRITER_NICE must be a whole number from -20"),
+        ("LOGWRITER_WRITER_NICE", "-21", "LOGWRITER_WRITER_NICE must be a whole number from -20"),
         ("LOGWRITER_BIND", "8080", "LOGWRITER_BIND must be HOST:PORT"),
         ("LOGWRITER_FILE_TEMPLATE", "all.log", "must hold {stream}"),
         ("LOGWRITER_FILE_TEMPLATE", "../{stream}.log", "must name a file inside"),
