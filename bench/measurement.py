@@ -47,6 +47,15 @@ def peak_rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
+def lowest_nice(pids: list[int]) -> int:
+    """The lowest nice value of any thread of these processes: logwriter's writer threads'."""
+    nices = []
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            nices.append(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
+    return min(nices)
+
+
 def wrk(port: int, path: str, body_file: Path, case: Case, seconds: float) -> dict[str, int]:
     command = [
         "wrk",
@@ -100,6 +109,7 @@ def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float
             summary = wrk(port, path, body_file, case, seconds)
             cpu = cpu_seconds(pids) - cpu_before
             rss = peak_rss_mib(pids)
+            nice = lowest_nice(pids)
             fsyncs = (  # group commits so far: the count of logwriter's fsync histogram
                 overload.metric_total(port, "logwriter_fsync_seconds_count")
                 if contender.ack == "fsync"
@@ -120,6 +130,7 @@ def measure(case: Case, contender: Contender, seconds: float) -> dict[str, float
         "p99_ms": summary["p99_us"] / 1000,
         "cpu_s_per_m_lines": cpu / lines * 1e6 if lines else float("nan"),
         "peak_rss_mib": rss,
+        "lowest_nice": nice,
         "refused": summary["non2xx"] + summary["socket_errors"],
     }
 

@@ -228,6 +228,12 @@ def write(
         for (case, name), runs in results.items()
         if name != RAW_DISK
     )
+    writer_nices = {
+        run["lowest_nice"]
+        for (_, name), runs in results.items()
+        if name.startswith("logwriter")
+        for run in runs
+    }
     capped_note = []
     if iops:
         capped_note.append(
@@ -243,7 +249,9 @@ def write(
         f"{seconds:g} s per measurement; medians, spread = min-max over rounds. Lines are "
         f"{LINE_BYTES} bytes. {THREADS} request threads per worker for logwriter and the naive "
         "app unless a case says otherwise. nginx logs `$request_body` (the ceiling); raw disk = "
-        "`os.write` of 1 MiB chunks (into the page cache).",
+        "`os.write` of 1 MiB chunks (into the page cache). logwriter's writer threads ran at "
+        f"nice {', '.join(map(str, sorted(writer_nices)))} (`LOGWRITER_WRITER_NICE`, where the "
+        "bench's user may raise a priority).",
         f"\nThe disk takes {disk_sustained_mb_per_s:,.0f} MB/s to stable storage "
         f"({disk_bytes >> 20} MiB appended, then fdatasynced). A case whose MB/s goes past that "
         "only fills the page cache until the kernel's dirty-page throttling pauses the writing "
