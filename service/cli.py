@@ -36,6 +36,13 @@ def _serve() -> None:
         sys.exit(f"logwriter: {exc}")
     except OSError as exc:
         sys.exit(f"logwriter: cannot create LOGWRITER_DIR {settings.dir}: {exc.strerror}")
+    # Else every worker would start, be ready and take lines it can never write. A full disk
+    # is not checked here: that passes, and the writer retries meanwhile.
+    if not os.access(settings.dir, os.W_OK | os.X_OK, effective_ids=True):
+        sys.exit(
+            f"logwriter: cannot write in LOGWRITER_DIR {settings.dir}: read-only, or its "
+            f"permissions do not let this user (uid {os.geteuid()}) create files there"
+        )
     server = Server(settings)
     try:  # with GUNICORN_CMD_ARGS applied, before any socket is bound or worker forked
         ensure_open_files(server.cfg.worker_connections, settings.max_open_files)

@@ -5,11 +5,13 @@ import gzip
 import http.client
 import json
 import os
+import subprocess
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from support import Service, peak_rss_mib, start_service, stop_service
+from support import LOGWRITER, Service, free_port, peak_rss_mib, start_service, stop_service
 
 pytestmark = pytest.mark.service
 
@@ -154,3 +156,21 @@ def test_a_gzip_bomb_costs_no_more_memory_than_the_body_limit(service: Service):
     grown_mib = peak_rss_mib(worker) - before
     assert grown_mib < 8 * 1.5, f"peak RSS grew by {grown_mib:.1f} MiB for an 8 MiB limit"
     assert not (service.dir / "bomb.log").exists()
+
+
+@pytest.mark.root
+def test_a_log_folder_it_cannot_write_in_is_refused_at_start(tmp_path: Path):
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o555)  # root's, and not writable even by root without CAP_DAC_OVERRIDE
+    env = {**os.environ, "LOGWRITER_DIR": str(logs), "LOGWRITER_BIND": f"127.0.0.1:{free_port()}"}
+    without_override = ["--inh-caps=-dac_override", "--bounding-set=-dac_override"]
+    result = subprocess.run(
+        ["setpriv", *without_override, str(LOGWRITER)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert f"cannot write in LOGWRITER_DIR {logs}: read-only, or its permissions" in result.stderr
+    assert list(logs.iterdir()) == []
