@@ -49,11 +49,8 @@ def peak_rss_mib(pids: list[int]) -> float:
 
 def lowest_nice(pids: list[int]) -> int:
     """The lowest nice value of any thread of these processes: logwriter's writer threads'."""
-    nices = []
-    for pid in pids:
-        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-            nices.append(int(stat.read_text().rsplit(")", 1)[1].split()[16]))
-    return min(nices)
+    tids = [int(task.name) for pid in pids for task in Path(f"/proc/{pid}/task").iterdir()]
+    return min(os.getpriority(os.PRIO_PROCESS, tid) for tid in tids)
 
 
 def wrk(port: int, path: str, body_file: Path, case: Case, seconds: float) -> dict[str, int]:

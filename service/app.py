@@ -67,7 +67,7 @@ def create_app(settings: Settings, writer: Writer | None = None) -> Flask:
     app.url_map.converters["rest"] = RestOfPath
     if writer is None:
         files = LogFiles(settings.dir, settings.file_template, settings.max_open_files)
-        writer = Writer(files, settings.queue_bytes, priority_steps=-settings.writer_nice)
+        writer = Writer(files, settings.queue_bytes, nice=settings.writer_nice)
     app.extensions[_RUNTIME] = Runtime(
         settings, writer, BearerTokens(settings.tokens), ReadDeadlines(settings.body_timeout)
     )

@@ -15,8 +15,8 @@ ack=fsync request of the batch (_fsync). Queued bytes count against the bound un
 on disk, so memory stays within it however slow the disk is. An append that fails is kept and
 retried on a backoff, in order, while the other streams go on.
 
-The thread runs `priority_steps` nice levels above its worker's request threads where the
-process may: it is the one stage every line goes through, and while it holds a file's lock
+The thread runs at its worker's nice value plus `nice` (a negative increment raises it) where
+the process may: it is the one stage every line goes through, and while it holds a file's lock
 the other workers' writers wait for it, so a core should go to it first.
 """
 
@@ -30,7 +30,7 @@ from typing import Final, Literal
 
 from service import metrics
 from service.files import LogFiles
-from service.priority import raise_priority
+from service.priority import renice
 
 log = logging.getLogger("logwriter")
 
@@ -107,10 +107,10 @@ class Writer:
     bounds what is queued or being written, so a stalled disk makes put() wait, then refuse.
     """
 
-    def __init__(self, files: LogFiles, limit_bytes: int, priority_steps: int = 0) -> None:
+    def __init__(self, files: LogFiles, limit_bytes: int, nice: int = 0) -> None:
         self._files = files
         self._limit = limit_bytes
-        self._priority_steps = priority_steps
+        self._nice = nice
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
@@ -149,9 +149,9 @@ class Writer:
         metrics.queue_limit_bytes.set(self._limit)
         self._thread = threading.Thread(target=self._run, name="logwriter-writer", daemon=True)
         self._thread.start()
-        if self._priority_steps:
+        if self._nice:
             assert self._thread.native_id is not None  # set once started
-            wanted, nice = raise_priority(self._thread.native_id, self._priority_steps)
+            wanted, nice = renice(self._thread.native_id, self._nice)
             if nice == wanted:
                 log.info("writer thread runs at nice %d", nice)
             else:

@@ -233,7 +233,9 @@ class Logwriters:
         if self.started:  # a second service in one test: a folder of its own
             folder = self.folder / f"logwriter-{len(self.started) + 1}"
             folder.mkdir()
-        service = start_service(folder, workers, env, log_dir, tls, wrapper)
+        service = start_service(
+            folder, workers=workers, env=env, log_dir=log_dir, tls=tls, wrapper=wrapper
+        )
         self.started.append(service)
         return service
 

@@ -9,19 +9,16 @@ from pathlib import Path
 import pytest
 from support import Logwriters, Service
 
-from service.priority import raise_priority
+from service.priority import renice
 
 # Runs logwriter with CAP_SYS_NICE dropped from its capabilities, root otherwise.
 WITHOUT_CAP_SYS_NICE = ("setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice")
 
 
 def thread_nices(pid: int) -> dict[int, int]:
-    """Each thread of a process: its id and nice value (field 19 of /proc/PID/task/TID/stat)."""
-    nices = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        nices[int(task.name)] = int(fields[16])
-    return nices
+    """Each thread of a process: its id and nice value."""
+    tids = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    return {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in tids}
 
 
 def worker_thread_nices(service: Service) -> list[list[int]]:
@@ -36,7 +33,7 @@ def test_moves_only_the_thread_it_names():
     nices: list[dict[int, int]] = []
 
     def in_thread() -> None:
-        result.append(raise_priority(threading.get_native_id(), -3))
+        result.append(renice(threading.get_native_id(), 3))
         nices.append(thread_nices(os.getpid()))
 
     thread = threading.Thread(target=in_thread)
