@@ -100,7 +100,11 @@ class Writer(threading.Thread):
         return os.open(self.path, os.O_WRONLY | os.O_APPEND)  # logrotate creates it, not us
 
 
-def numbers(data: bytes, where: str) -> list[int]:
+def numbers(data: bytes, where: str, torn_tail: bool = False) -> list[int]:
+    """The line numbers in `data`; with `torn_tail`, an unfinished last line is left out (a
+    copytruncate copy can end in the middle of a write, as logrotate documents)."""
+    if torn_tail and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
     found = []
     for line in data.splitlines():
         match = _LINE.fullmatch(line)
@@ -155,7 +159,10 @@ def test_files_rotated_by_logrotate_with_the_shipper_killed_once(
 
     files = sorted(tmp_path.glob("app.log*"))
     assert len(files) == 6  # app.log and the five rotated ones
-    in_files = Counter(n for path in files for n in numbers(path.read_bytes(), path.name))
+    copies = mode == "copytruncate"
+    in_files = Counter(
+        n for path in files for n in numbers(path.read_bytes(), path.name, copies and path != log)
+    )
     assert max(in_files.values()) == 1
     arrived = service.dir / "app.log"
     wait_until(
