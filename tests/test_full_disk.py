@@ -18,11 +18,11 @@ pytestmark = [pytest.mark.service, pytest.mark.root]
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path, start_logwriter: Logwriters) -> Iterator[Path]:
-    """An 8 MiB tmpfs, unmounted at teardown once the services that may write to it are
+    """A 64 MiB tmpfs, unmounted at teardown once the services that may write to it are
     stopped (it depends on start_logwriter, whose teardown comes after its own)."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
     yield mount
     start_logwriter.stop_all()
     subprocess.run(["umount", str(mount)], check=True)
@@ -54,6 +54,8 @@ def test_full_disk_loses_nothing_and_recovers_by_itself(
         env={"LOGWRITER_QUEUE_BYTES": "2MiB", "LOGWRITER_MAX_BODY_BYTES": "1MiB"},
     )
     load = Load(service.port, clients=4, max_lines=100).start()
+    # Requests of up to 500 kB, most of them more than one writev (service.files.WRITE_BYTES).
+    big = Load(service.port, clients=2, max_lines=6000, path="/v1/logs/big").start()
     fsync_answer: list[Response] = []
     try:
         wait_until(lambda: load.acked_lines() > 1_000, 60, "1,000 acknowledged lines")
@@ -78,11 +80,14 @@ def test_full_disk_loses_nothing_and_recovers_by_itself(
         assert time.monotonic() - freed < 5, "took more than 5 s to resume"
         waiter.join(30)
         assert [answer.status for answer in fsync_answer] == [200]
-        acked_before = load.acked_lines()
+        acked_before, big_before = load.acked_lines(), big.acked_lines()
         wait_until(lambda: load.acked_lines() > acked_before + 1_000, 30, "lines accepted")
+        wait_until(lambda: big.acked_lines() > big_before, 30, "large requests accepted")
     finally:
         load.stop()
+        big.stop()
     wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
     stop_service(service)
     check_files([service.dir / "load.log"], load.acked)
+    check_files([service.dir / "big.log"], big.acked)
     assert (service.dir / "fsynced.log").read_bytes() == b"durable\n"

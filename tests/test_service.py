@@ -40,6 +40,19 @@ def test_stop_mid_load_keeps_every_acknowledged_line(
     assert "Traceback" not in service.log_text()
 
 
+def test_large_requests_from_two_workers_stay_whole(start_logwriter: Logwriters):
+    # Requests of up to 500 kB take several writev calls each (service.files.WRITE_BYTES):
+    # the file's lock keeps the other worker's lines from landing between them.
+    service = start_logwriter(workers=2)
+    load = Load(service.port, clients=12, max_lines=6000).start()
+    try:
+        wait_until(lambda: load.acked_lines() > 600_000, 60, "600,000 acknowledged lines")
+    finally:
+        load.stop()
+    wait_until(lambda: service.metric("logwriter_queue_depth") == 0, 30, "an empty queue")
+    check_files(service.dir.glob("*.log"), load.acked)
+
+
 @pytest.mark.root
 @pytest.mark.parametrize(("sig", "group"), STOPS)
 def test_stop_while_the_disk_stalls_drains_once_it_recovers(
