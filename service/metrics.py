@@ -6,6 +6,8 @@ gauges below sum over live workers only.
 """
 
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,6 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 _SECONDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -112,5 +115,25 @@ def page() -> tuple[bytes, str]:
     registry = REGISTRY
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        registry.register(_WorkerFiles(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _WorkerFiles:
+    """prometheus-client's MultiProcessCollector, less the files still empty: a worker's file
+    exists empty for a moment before prometheus-client sizes it, and reading one fails the
+    whole scrape (prometheus/client_python issue 1199)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def collect(self) -> Iterable[Metric]:
+        files = [str(path) for path in self._folder.glob("*.db") if _size(path)]
+        return MultiProcessCollector.merge(files, accumulate=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # a dead worker's live gauges, removed meanwhile
+        return 0
