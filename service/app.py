@@ -10,10 +10,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_options_header
 from werkzeug.routing import PathConverter
 
 from service import metrics, otlp
@@ -89,11 +91,10 @@ def post_logs(stream: str) -> Response:
     body = None
     try:
         _check_scope(_require_token(parts.tokens, req), [check_stream_name(stream)])
-        ack = _ack_mode(req.args.get("ack"), parts.settings.ack)
+        ack = _ack_mode(_ack_parameter(req.query_string), parts.settings.ack)
         body = _read_request_body(parts, req)
-        lines = parse_body(
-            body, req.mimetype, req.mimetype_params.get("charset"), parts.settings.max_line_bytes
-        )
+        mimetype, charset = _media_type(req.environ.get("CONTENT_TYPE", ""))
+        lines = parse_body(body, mimetype, charset, parts.settings.max_line_bytes)
         if lines.count == 0:
             return _accepted(0, 202 if ack == "queued" else 200)
         entry = Entry(stream, lines.data, lines.count, ack)
@@ -130,7 +131,7 @@ def post_otlp_logs(stream: str | None) -> Response:
                 f"unsupported Content-Type {req.mimetype!r}: "
                 "use application/x-protobuf or application/json",
             )
-        ack = _ack_mode(req.args.get("ack"), settings.ack)
+        ack = _ack_mode(_ack_parameter(req.query_string), settings.ack)
         batch = _otlp_batch(settings, _read_otlp_body(parts, req), content_type, stream)
         _check_scope(token, batch.streams)  # the whole request, or nothing of it
         entries = [
@@ -193,28 +194,32 @@ def _read_request_body(parts: Runtime, req: Request) -> bytes:
     """The body, decompressed. A client that does not send it whole within body_timeout
     seconds, stalling or trickling, gets a 408 and no longer holds a request thread."""
     settings = parts.settings
+    environ = req.environ
 
     def read() -> bytes:
         return read_body(
-            req.environ["wsgi.input"],
+            environ["wsgi.input"],
             req.content_length,
-            req.headers.get("Content-Encoding"),
+            environ.get("HTTP_CONTENT_ENCODING"),
             settings.max_body_bytes,
         )
 
-    sock = req.environ.get("gunicorn.socket")
+    sock = environ.get("gunicorn.socket")
     if sock is None:  # not under Gunicorn: Flask's test client
         return read()
     # The watchdog alone, not a socket timeout: a socket with a timeout polls before every
     # recv and send.
-    with parts.deadlines.watch(sock):
-        try:
-            return read()
-        except Rejected:
-            if parts.deadlines.expired(sock):
-                message = f"the request body took longer than {settings.body_timeout:g} s"
-                raise Rejected(408, "timeout", message) from None
-            raise
+    deadlines = parts.deadlines
+    deadlines.start(sock)
+    try:
+        return read()
+    except Rejected:
+        if deadlines.expired(sock):
+            message = f"the request body took longer than {settings.body_timeout:g} s"
+            raise Rejected(408, "timeout", message) from None
+        raise
+    finally:
+        deadlines.end(sock)
 
 
 def _require_token(tokens: BearerTokens, req: Request) -> Token | None:
@@ -251,6 +256,22 @@ def _wait(entries: list[Entry]) -> None:
             entry.wait()
     except WriteFailed as exc:
         raise Rejected(503, "write_failed", f"lines were not made durable: {exc}") from None
+
+
+# Each parsed once per distinct header or query string (a sender sends the same few): through
+# Werkzeug's Request, parsing them costs more than the rest of a small request's checks.
+@functools.lru_cache(maxsize=64)
+def _media_type(content_type: str) -> tuple[str, str | None]:
+    """The media type of a Content-Type header, lowercased, and its charset parameter."""
+    mimetype, params = parse_options_header(content_type)
+    return mimetype.lower(), params.get("charset")
+
+
+@functools.lru_cache(maxsize=64)
+def _ack_parameter(query_string: bytes) -> str | None:
+    """The first "ack" of a query string, decoded as Werkzeug's Request.args does."""
+    query = parse_qsl(query_string.decode(), keep_blank_values=True, errors="werkzeug.url_quote")
+    return next((value for name, value in query if name == "ack"), None)
 
 
 def _ack_mode(value: str | None, default: Ack) -> Ack:

@@ -10,8 +10,6 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Protocol
 
 _TICK = 0.25  # how often the watchdog looks, in seconds
@@ -24,8 +22,8 @@ class Readable(Protocol):
 
 
 class ReadDeadlines:
-    """The watchdog of one worker: from start(sock) to end(sock), or within watch(sock),
-    what is read from `sock` has `seconds` to arrive in whole."""
+    """The watchdog of one worker: from start(sock) to end(sock), what is read from `sock`
+    has `seconds` to arrive in whole."""
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -34,16 +32,8 @@ class ReadDeadlines:
         self._expired: set[int] = set()
         self._thread: threading.Thread | None = None
 
-    @contextmanager
-    def watch(self, sock: Readable) -> Iterator[None]:
-        """Within this block, `sock` is cut off `seconds` after the block began."""
-        self.start(sock)
-        try:
-            yield
-        finally:
-            self.end(sock)
-
     def start(self, sock: Readable) -> None:
+        """From now, `sock` is cut off in `seconds`, unless end(sock) comes first."""
         with self._lock:
             if self._thread is None:  # started in the worker, at its first request
                 self._thread = threading.Thread(
@@ -66,7 +56,7 @@ class ReadDeadlines:
         while True:
             time.sleep(_TICK)
             now = time.monotonic()
-            # Under the lock, so that a socket is only ever cut off inside its watch() block,
+            # Under the lock, so that a socket is only ever cut off between its start() and end(),
             # never once its request has moved on.
             with self._lock:
                 late = [(key, sock) for key, (end, sock) in self._watched.items() if end < now]

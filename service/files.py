@@ -95,7 +95,11 @@ class LogFiles:
         """
         fd = self._written[stream]
         while buffers:
-            written = os.writev(fd, _one_write(buffers))
+            taken = _one_write(buffers)
+            written = os.writev(fd, taken)
+            if taken is buffers and written == sum(map(len, buffers)):
+                buffers.clear()  # the common case, all in one writev: no buffer-by-buffer count
+                return
             done = 0
             while done < len(buffers) and written >= len(buffers[done]):
                 written -= len(buffers[done])
@@ -159,7 +163,9 @@ class LogFiles:
 
 def _one_write(buffers: list[bytes | memoryview]) -> list[bytes | memoryview]:
     """What one writev takes from the start of `buffers`: at most IOV_MAX of them and
-    WRITE_BYTES bytes, the last cut to fit."""
+    WRITE_BYTES bytes, the last cut to fit: `buffers` itself when it fits whole."""
+    if len(buffers) <= _IOV_MAX and sum(map(len, buffers)) < WRITE_BYTES:
+        return buffers
     taken: list[bytes | memoryview] = []
     room = WRITE_BYTES
     for buffer in buffers[:_IOV_MAX]:

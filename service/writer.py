@@ -272,7 +272,10 @@ class Writer:
         # What failed before goes first, so that each stream's lines keep their order.
         shares, self._unwritten = self._unwritten, {}
         for entry in entries:
-            shares.setdefault(entry.stream, _Share()).add(entry)
+            share = shares.get(entry.stream)
+            if share is None:
+                share = shares[entry.stream] = _Share()
+            share.add(entry)
         retry_now = self._retry.due()
         written: dict[str, _Share] = {}
         for stream, share in shares.items():
@@ -329,8 +332,7 @@ class Writer:
 
     def _release(self, share: "_Share") -> None:
         """A share is in its file: free its queue room and answer its ack=written requests."""
-        size = sum(len(entry.data) for entry in share.entries)
-        lines = sum(entry.lines for entry in share.entries)
+        size, lines = share.size, share.lines
         with self._lock:
             self._pending_bytes -= size
             self._pending_lines -= lines
@@ -453,11 +455,15 @@ class _Share:
 
     entries: list[Entry] = field(default_factory=list)
     buffers: list[bytes | memoryview] = field(default_factory=list)
+    size: int = 0  # bytes of its requests
+    lines: int = 0
     failed: bool = False  # an append of it failed: it is retried on the writer's backoff
 
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
         self.buffers.append(entry.data)
+        self.size += len(entry.data)
+        self.lines += entry.lines
 
 
 def _fsync_entries(share: _Share) -> list[Entry]:
