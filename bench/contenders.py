@@ -41,9 +41,10 @@ def contenders_for(case: Case) -> list[Contender]:
     return [c for c in CONTENDERS if c.name not in DURABLE or case.conns == DURABLE_CONNS]
 
 
-def ensure_tools() -> None:
-    """wrk and nginx, installed from Debian if missing by the script .ci/run installs with."""
-    subprocess.run(["bash", str(ROOT / ".ci" / "install-tools"), "wrk", "nginx"], check=True)
+def ensure_tools(commands: tuple[str, ...] = ("wrk", "nginx")) -> None:
+    """The commands (by default wrk and nginx), installed from Debian if missing by the script
+    .ci/run installs with."""
+    subprocess.run(["bash", str(ROOT / ".ci" / "install-tools"), *commands], check=True)
 
 
 def free_port() -> int:
@@ -98,9 +99,11 @@ def start(
     threads: int = THREADS,
     prefix: list[str] | None = None,
     naive_options: dict[str, str] | None = None,
+    ready_seconds: float = 30,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start a contender; `prefix` goes before its command (such as disks.write_iops_cap's);
-    `naive_options`, Gunicorn options for the naive app, after (and over) its own."""
+    `naive_options`, Gunicorn options for the naive app, after (and over) its own;
+    `ready_seconds`, how long it may take to listen."""
     port = free_port()
     logs = logs or tmp / "logs"
     logs.mkdir(exist_ok=True)
@@ -143,7 +146,7 @@ def start(
         [*(prefix or []), *command], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
     )
     try:
-        wait_for_port(port, proc)
+        wait_for_port(port, proc, ready_seconds)
     except RuntimeError:
         proc.kill()
         proc.wait()
