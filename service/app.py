@@ -118,17 +118,18 @@ def post_otlp_logs(stream: str | None) -> Response:
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     parts = runtime(current_app)
     settings = parts.settings
-    content_type = req.mimetype if req.mimetype in _OTLP_TYPES else otlp.JSON
+    mimetype, _ = _media_type(req.environ.get("CONTENT_TYPE", ""))
+    content_type = mimetype if mimetype in _OTLP_TYPES else otlp.JSON
     batch = None
     try:
         token = _require_token(parts.tokens, req)
         if stream is not None:
             _check_scope(token, [check_stream_name(stream)])
-        if req.mimetype not in _OTLP_TYPES:
+        if mimetype not in _OTLP_TYPES:
             raise Rejected(
                 415,
                 "bad_type",
-                f"unsupported Content-Type {req.mimetype!r}: "
+                f"unsupported Content-Type {mimetype!r}: "
                 "use application/x-protobuf or application/json",
             )
         ack = _ack_mode(_ack_parameter(req.query_string), settings.ack)

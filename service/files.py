@@ -95,9 +95,9 @@ class LogFiles:
         """
         fd = self._written[stream]
         while buffers:
-            taken = _one_write(buffers)
+            taken, size = _one_write(buffers)
             written = os.writev(fd, taken)
-            if taken is buffers and written == sum(map(len, buffers)):
+            if taken is buffers and written == size:
                 buffers.clear()  # the common case, all in one writev: no buffer-by-buffer count
                 return
             done = 0
@@ -161,20 +161,21 @@ class LogFiles:
         self._retired.append(self._open.pop(stream).fd)
 
 
-def _one_write(buffers: list[bytes | memoryview]) -> list[bytes | memoryview]:
-    """What one writev takes from the start of `buffers`: at most IOV_MAX of them and
-    WRITE_BYTES bytes, the last cut to fit: `buffers` itself when it fits whole."""
-    if len(buffers) <= _IOV_MAX and sum(map(len, buffers)) < WRITE_BYTES:
-        return buffers
+def _one_write(buffers: list[bytes | memoryview]) -> tuple[list[bytes | memoryview], int]:
+    """What one writev takes from the start of `buffers`, and its size: at most IOV_MAX of
+    them and WRITE_BYTES bytes, the last cut to fit; `buffers` itself when it fits whole."""
+    size = sum(map(len, buffers))
+    if len(buffers) <= _IOV_MAX and size < WRITE_BYTES:
+        return buffers, size
     taken: list[bytes | memoryview] = []
     room = WRITE_BYTES
     for buffer in buffers[:_IOV_MAX]:
         if len(buffer) >= room:
             taken.append(memoryview(buffer)[:room])
-            break
+            return taken, WRITE_BYTES
         taken.append(buffer)
         room -= len(buffer)
-    return taken
+    return taken, WRITE_BYTES - room
 
 
 def host_name() -> str:
