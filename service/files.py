@@ -29,6 +29,9 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX")
 # One writev writes at most this much: the kernel caches a larger write in larger folios, which
 # cost several times more to fill where freed memory goes back to a VM's host (performance.md).
 WRITE_BYTES = 192 << 10
+# Up to the last newline: the greedy match scans back from its end, in C, on bytes and
+# memoryviews alike (no copy).
+_WHOLE_LINES = re.compile(rb".*\n", re.DOTALL)
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
@@ -163,16 +166,23 @@ class LogFiles:
 
 def _one_write(buffers: list[bytes | memoryview]) -> tuple[list[bytes | memoryview], int]:
     """What one writev takes from the start of `buffers`, and its size: at most IOV_MAX of
-    them and WRITE_BYTES bytes, the last cut to fit; `buffers` itself when it fits whole."""
+    them and WRITE_BYTES bytes, in whole buffers (requests), so that a logrotate copytruncate
+    between two writes never cuts a request in two; a first buffer larger than WRITE_BYTES is
+    cut after its last newline that fits (mid-line only if a line is longer). `buffers`
+    itself when it fits whole."""
     size = sum(map(len, buffers))
-    if len(buffers) <= _IOV_MAX and size < WRITE_BYTES:
+    if len(buffers) <= _IOV_MAX and size <= WRITE_BYTES:
         return buffers, size
+    first = buffers[0]
+    if len(first) > WRITE_BYTES:
+        lines = _WHOLE_LINES.match(first, 0, WRITE_BYTES)
+        end = lines.end() if lines else WRITE_BYTES
+        return [memoryview(first)[:end]], end
     taken: list[bytes | memoryview] = []
     room = WRITE_BYTES
     for buffer in buffers[:_IOV_MAX]:
-        if len(buffer) >= room:
-            taken.append(memoryview(buffer)[:room])
-            return taken, WRITE_BYTES
+        if len(buffer) > room:
+            break
         taken.append(buffer)
         room -= len(buffer)
     return taken, WRITE_BYTES - room
