@@ -170,8 +170,7 @@ def _one_write(buffers: list[bytes | memoryview]) -> tuple[list[bytes | memoryvi
     between two writes never cuts a request in two; a first buffer larger than WRITE_BYTES is
     cut after its last newline that fits (mid-line only if a line is longer). `buffers`
     itself when it fits whole."""
-    size = sum(map(len, buffers))
-    if len(buffers) <= _IOV_MAX and size <= WRITE_BYTES:
+    if len(buffers) <= _IOV_MAX and (size := sum(map(len, buffers))) <= WRITE_BYTES:
         return buffers, size
     first = buffers[0]
     if len(first) > WRITE_BYTES:
