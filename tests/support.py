@@ -1,5 +1,6 @@
 """Test helpers: the real `logwriter` command started as a subprocess on a free port, the one
-wait_until, and the disks the root tests stall. The fixtures built on them are in conftest.py."""
+wait_until, the disks the root tests stall, and the Docker engine and commands of the Docker
+tests. The fixtures built on them are in conftest.py."""
 
 import contextlib
 import http.client
@@ -11,11 +12,15 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 LOGWRITER = Path(sys.executable).parent / "logwriter"
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER_HERE = ROOT.parent / "shared" / "bin" / "docker-here"
 
 
 def wait_until(
@@ -85,6 +90,31 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmHWM for {pid}")
+
+
+def docker_here() -> None:
+    """A Docker engine with Compose, and the local stand-ins for every image the project's
+    files name: ../shared/bin/docker-here, which does only what is missing. Not skipped when
+    it fails: a machine like CI's can run the Docker tests, so failing to is a failure."""
+    subprocess.run([str(DOCKER_HERE)], cwd=ROOT, check=True, timeout=600)
+
+
+def docker(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
+    """`docker ARGS...`'s output; an assertion error with its output if it fails."""
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert result.returncode == 0, f"docker {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """The status and body of a GET, errors (4xx, 5xx) included."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def free_port() -> int:

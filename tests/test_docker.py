@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_until
+from support import ROOT, docker_here, free_port, http_get, wait_until
 from traffic import Load, check_files, request_body
 
 pytestmark = pytest.mark.docker
-
-ROOT = Path(__file__).resolve().parent.parent
-DOCKER_HERE = ROOT.parent / "shared" / "bin" / "docker-here"
 
 
 @dataclass
@@ -42,19 +39,9 @@ class Stack:
         return self.compose("ps", "-q", service).strip()
 
 
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    if subprocess.run([str(DOCKER_HERE), "--check"]).returncode != 0:
-        # Not skipped: a machine like CI's can run this, so failing to is a failure.
-        subprocess.run([str(DOCKER_HERE)], cwd=ROOT, check=True)
+    docker_here()
     ports = free_port(), free_port()
     env = {
         **os.environ,
@@ -79,7 +66,7 @@ def inspect(container: str, template: str) -> str:
 
 def prometheus_value(stack: Stack, expr: str) -> float | None:
     query = urllib.parse.urlencode({"query": expr})
-    status, body = get(f"http://127.0.0.1:{stack.prometheus_port}/api/v1/query?{query}")
+    status, body = http_get(f"http://127.0.0.1:{stack.prometheus_port}/api/v1/query?{query}")
     result = json.loads(body)["data"]["result"] if status == 200 else []
     return float(result[0]["value"][1]) if result else None
 
@@ -87,7 +74,10 @@ def prometheus_value(stack: Stack, expr: str) -> float | None:
 def test_compose_stack_end_to_end(stack: Stack, tmp_path: Path):
     base = f"http://127.0.0.1:{stack.logwriter_port}"
     wait_until(
-        lambda: get(f"{base}/readyz")[0] == 200, 120, "logwriter in its container", interval=0.5
+        lambda: http_get(f"{base}/readyz")[0] == 200,
+        120,
+        "logwriter in its container",
+        interval=0.5,
     )
 
     body = request_body(99, 0, 500)

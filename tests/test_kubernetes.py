@@ -29,16 +29,14 @@ import kubernetes_validate
 import pytest
 import yaml
 from gunicorn.config import Config
-from support import free_port, wait_until
+from support import ROOT, docker, docker_here, free_port, wait_until
 
 from service.app import create_app
 from service.server import Server
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 DOCKERFILE = ROOT / "Dockerfile"
-DOCKER_HERE = ROOT.parent / "shared" / "bin" / "docker-here"
 # The files whose stop_grace_period the Docker and Swarm tests prove long enough for a stop
 # under load (tests/test_docker.py, tests/test_swarm.py).
 PROVEN_STOPS = [ROOT / "docker-compose.yml", ROOT / "deploy" / "swarm" / "stack.yml"]
@@ -449,17 +447,9 @@ def test_kustomize_builds_the_base_and_the_readme_overlay(tmp_path: Path):
 # --- the image, run as the pod spec says ----------------------------------------------------
 
 
-def docker(*args: str, timeout: float = 300) -> str:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"docker {' '.join(args)}:\n{result.stdout}{result.stderr}"
-    return result.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def built_image() -> Any:
-    if subprocess.run([str(DOCKER_HERE), "--check"]).returncode != 0:
-        # Not skipped: a machine like CI's can run this, so failing to is a failure.
-        subprocess.run([str(DOCKER_HERE)], cwd=ROOT, check=True, timeout=600)
+    docker_here()
     tag = f"logwriter:k8s-test-{time.monotonic_ns()}"
     docker("build", "-q", "-t", tag, str(ROOT), timeout=600)
     try:

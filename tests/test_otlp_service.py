@@ -39,7 +39,7 @@ from test_otlp_unit import (
     request,
     resource_logs,
 )
-from traffic import ClientThreads
+from traffic import ClientThreads, KeptAlive
 
 pytestmark = pytest.mark.service
 
@@ -330,32 +330,20 @@ class OtlpLoad(ClientThreads):
 
     def _client(self, client: int) -> None:
         rng = random.Random(client)
-        conn = None
+        conn = KeptAlive(self.port)
         failures = 0
         deadline = time.monotonic() + 60
         for number in range(100_000):
             if self._stop.is_set() or failures >= 20 or time.monotonic() > deadline:
                 break
             count = rng.randint(50, 100)
-            body = load_request(client, number, count)
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("POST", "/otlp/v1/logs", body, PROTOBUF)
-                answer = conn.getresponse()
-                answer.read()
-                status = answer.status
-            except (OSError, http.client.HTTPException):
-                status = 0  # refused, reset or cut off: no answer
-                if conn is not None:
-                    conn.close()
-                conn = None
+            status = conn.post("/otlp/v1/logs", load_request(client, number, count), PROTOBUF)
+            if status == 0:  # no answer
                 failures += 1
                 time.sleep(0.05)
             with self._lock:
                 self.statuses[(client, number)] = (status, count)
-        if conn is not None:
-            conn.close()
+        conn.close()
 
 
 _LOAD_BODY = re.compile(r"c(\d\d) r(\d{5}) l(\d{4}) of (\d{4})")

@@ -44,6 +44,22 @@ def append(path: Path, data: bytes) -> None:
         file.write(data)
 
 
+def followed(log: Path, content: bytes) -> Files:
+    """Files following `log`, written with `content` (whole lines), that have read it all."""
+    log.write_bytes(content)
+    files = follow(log)
+    assert drain(files) == content
+    return files
+
+
+def read_and_stop(log: Path, content: bytes) -> list[dict[str, object]]:
+    """The checkpoint a shipper leaves when it stops after reading all of `content` in `log`."""
+    first = followed(log, content)
+    checkpoint = first.entries()
+    first.close()
+    return checkpoint
+
+
 def test_only_whole_lines_are_read(tmp_path: Path):
     log = tmp_path / "app.log"
     log.write_bytes(b"a\nb\npart")
@@ -55,9 +71,7 @@ def test_only_whole_lines_are_read(tmp_path: Path):
 
 def test_create_rotation_reads_the_old_file_to_its_end_then_closes_it(tmp_path: Path):
     log = tmp_path / "app.log"
-    log.write_bytes(b"1\n")
-    files = follow(log)
-    assert drain(files) == b"1\n"
+    files = followed(log, b"1\n")
     with log.open("ab") as app:  # the app's descriptor, kept across the rename
         log.rename(tmp_path / "app.log.1")
         log.write_bytes(b"new\n")
@@ -82,9 +96,7 @@ def test_a_rotated_files_last_line_without_newline_is_sent_once_it_is_quiet(tmp_
 
 def test_copytruncate_reads_what_was_not_read_yet_from_the_copy(tmp_path: Path):
     log = tmp_path / "app.log"
-    log.write_bytes(b"read before\n")
-    files = follow(log)
-    assert drain(files) == b"read before\n"
+    files = followed(log, b"read before\n")
     append(log, b"unread at the copy\n")
     shutil.copyfile(log, tmp_path / "app.log.1")
     os.truncate(log, 0)
@@ -111,9 +123,7 @@ def test_a_copy_that_was_read_whole_already_is_no_loss(
 
 def test_copytruncate_is_seen_when_the_file_grew_past_the_offset_before_a_look(tmp_path: Path):
     log = tmp_path / "app.log"
-    log.write_bytes(b"read before\n")
-    files = follow(log)
-    drain(files)
+    files = followed(log, b"read before\n")
     append(log, b"unread\n")
     shutil.copyfile(log, tmp_path / "app.log.1")
     os.truncate(log, 0)
@@ -123,9 +133,7 @@ def test_copytruncate_is_seen_when_the_file_grew_past_the_offset_before_a_look(t
 
 def test_a_folder_named_like_a_rotated_file_is_passed_over(tmp_path: Path):
     log = tmp_path / "app.log"
-    log.write_bytes(b"read before\n")
-    files = follow(log)
-    drain(files)
+    files = followed(log, b"read before\n")
     append(log, b"unread\n")
     shutil.copyfile(log, tmp_path / "app.log.1")
     time.sleep(0.05)  # past the clock tick of file times
@@ -136,9 +144,7 @@ def test_a_folder_named_like_a_rotated_file_is_passed_over(tmp_path: Path):
 
 def test_copytruncate_without_a_copy_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture):
     log = tmp_path / "app.log"
-    log.write_bytes(b"read before\n")
-    files = follow(log)
-    drain(files)
+    files = followed(log, b"read before\n")
     os.truncate(log, 0)
     append(log, b"new\n")
     assert drain(files) == b"new\n"
@@ -147,22 +153,14 @@ def test_copytruncate_without_a_copy_is_reported(tmp_path: Path, capsys: pytest.
 
 def test_a_restart_resumes_at_the_checkpoint(tmp_path: Path):
     log = tmp_path / "app.log"
-    log.write_bytes(b"a\nb\n")
-    first = follow(log)
-    assert drain(first) == b"a\nb\n"
-    checkpoint = first.entries()
-    first.close()
+    checkpoint = read_and_stop(log, b"a\nb\n")
     append(log, b"c\n")
     assert drain(follow(log, checkpoint)) == b"c\n"
 
 
 def test_a_restart_finds_a_file_renamed_while_it_was_down(tmp_path: Path):
     log = tmp_path / "app.log"
-    log.write_bytes(b"a\n")
-    first = follow(log)
-    drain(first)
-    checkpoint = first.entries()
-    first.close()
+    checkpoint = read_and_stop(log, b"a\n")
     append(log, b"b\n")
     log.rename(tmp_path / "app.log.1")
     log.write_bytes(b"c\n")
@@ -171,11 +169,7 @@ def test_a_restart_finds_a_file_renamed_while_it_was_down(tmp_path: Path):
 
 def test_a_restart_finds_the_copy_of_a_file_truncated_while_it_was_down(tmp_path: Path):
     log = tmp_path / "app.log"
-    log.write_bytes(b"a\n")
-    first = follow(log)
-    drain(first)
-    checkpoint = first.entries()
-    first.close()
+    checkpoint = read_and_stop(log, b"a\n")
     append(log, b"b\n")
     shutil.copyfile(log, tmp_path / "app.log.1")
     os.truncate(log, 0)
@@ -185,11 +179,7 @@ def test_a_restart_finds_the_copy_of_a_file_truncated_while_it_was_down(tmp_path
 
 def test_a_file_rewritten_in_place_is_read_from_its_start(tmp_path: Path):
     log = tmp_path / "app.log"
-    log.write_bytes(b"old content\n")
-    first = follow(log)
-    drain(first)
-    checkpoint = first.entries()
-    first.close()
+    checkpoint = read_and_stop(log, b"old content\n")
     with log.open("r+b") as file:  # the same inode, other bytes
         file.write(b"new content\nmore\n")
     assert drain(follow(log, checkpoint)) == b"new content\nmore\n"

@@ -27,32 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_until
+from support import ROOT, docker, docker_here, free_port, http_get, wait_until
 from traffic import ClientThreads, check_files, request_body
 
 pytestmark = pytest.mark.docker
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCKER_HERE = ROOT.parent / "shared" / "bin" / "docker-here"
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 SECURE_FILE = ROOT / "deploy" / "swarm" / "secure.yml"
 FIRST_LINE = re.compile(rb"^c(\d{2}) r(\d{5}) l0000 ", re.MULTILINE)
-
-
-def docker(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
-    assert result.returncode == 0, f"docker {' '.join(args)}:\n{result.stdout}{result.stderr}"
-    return result.stdout
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 @dataclass
@@ -113,7 +95,7 @@ class Swarm:
 
     def prometheus(self, expr: str) -> list[dict]:
         query = urllib.parse.urlencode({"query": expr})
-        status, body = get(f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?{query}")
+        status, body = http_get(f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?{query}")
         assert status == 200, body
         return json.loads(body)["data"]["result"]
 
@@ -147,9 +129,7 @@ def remove_stack(name: str) -> None:
 @pytest.fixture(scope="module")
 def image() -> Iterator[str]:
     """An engine in a swarm, and the project's image built under a tag of this run's own."""
-    # Not skipped: a machine like CI's can run this, so failing to is a failure. docker-here
-    # also builds the haproxy stand-in the stack names, when it is missing.
-    subprocess.run([str(DOCKER_HERE)], cwd=ROOT, check=True, timeout=600)
+    docker_here()
     joined = swarm_state() == "inactive"
     if joined:
         docker("swarm", "init", "--advertise-addr", "127.0.0.1")
@@ -288,7 +268,7 @@ def requests_in(path: Path) -> set[tuple[int, int]]:
 def test_swarm_stack(swarm: Swarm, tmp_path: Path):
     began = time.monotonic()
     base = f"http://127.0.0.1:{swarm.logwriter_port}"
-    wait_until(lambda: get(f"{base}/readyz")[0] == 200, 120, "the balancer to answer /readyz")
+    wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 120, "the balancer to answer /readyz")
     wait_until(
         lambda: swarm.prometheus_value('haproxy_backend_active_servers{proxy="logwriter"}') == 3,
         90,

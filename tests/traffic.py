@@ -25,6 +25,32 @@ def request_body(client: int, request: int, count: int) -> bytes:
     )
 
 
+class KeptAlive:
+    """A keep-alive connection to the service on 127.0.0.1, opened again after a failure."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        """The answer's status, or 0 when the request was refused, reset or cut off."""
+        try:
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=10)
+            self._conn.request("POST", path, body, headers)
+            answer = self._conn.getresponse()
+            answer.read()
+            return answer.status
+        except (OSError, http.client.HTTPException):
+            self.close()
+            return 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 @dataclass(kw_only=True)
 class ClientThreads:
     """Load clients, one thread each: start() runs _client(number) for every number of
@@ -76,26 +102,14 @@ class Load(ClientThreads):
     def _client(self, client: int) -> None:
         rng = random.Random(client)
         deadline = time.monotonic() + self.seconds
-        conn = None
+        conn = KeptAlive(self.port)
         failures = 0
         request = 0
+        headers = {"Content-Type": "text/plain", **self.headers}
         while not self._stop.is_set() and time.monotonic() < deadline and failures < 50:
             count = rng.randint(1, self.max_lines)
-            body = request_body(client, request, count)
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request(
-                    "POST", self.path, body, {"Content-Type": "text/plain", **self.headers}
-                )
-                answer = conn.getresponse()
-                answer.read()
-                status = answer.status
-            except (OSError, http.client.HTTPException):
-                status = 0  # refused, reset or cut off: not acknowledged
-                if conn is not None:
-                    conn.close()
-                conn = None
+            status = conn.post(self.path, request_body(client, request, count), headers)
+            if status == 0:  # not acknowledged
                 failures += 1
                 time.sleep(0.05)
             with self._lock:
@@ -103,8 +117,7 @@ class Load(ClientThreads):
                 if status in (200, 202):
                     self.acked[(client, request)] = count
             request += 1
-        if conn is not None:
-            conn.close()
+        conn.close()
 
 
 def check_files(
