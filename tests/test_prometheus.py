@@ -24,8 +24,10 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
         ["check", "config", "prometheus.yml"],
         ["check", "rules", "alerts.yml"],
         ["test", "rules", "alerts_test.yml"],  # each alert fires when, and only when, it should
+        ["check", "rules", "swarm/fleet-alerts.yml"],
+        ["test", "rules", "swarm/fleet-alerts_test.yml"],
     ],
-    ids=lambda args: " ".join(args[:2]),
+    ids=lambda args: " ".join(args),
 )
 def test_deploy_files_pass_promtool(args: list[str]):
     result = subprocess.run(["promtool", *args], cwd=DEPLOY, capture_output=True, text=True)

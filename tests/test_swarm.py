@@ -103,6 +103,22 @@ class Swarm:
         result = self.prometheus(expr)
         return float(result[0]["value"][1]) if result else None
 
+    def alert_states(self, group: str) -> dict[str, tuple[str, str]]:
+        """Each alerting rule of a group Prometheus loaded: its (health, state)."""
+        status, body = http_get(f"http://127.0.0.1:{self.prometheus_port}/api/v1/rules")
+        assert status == 200, body
+        groups = json.loads(body)["data"]["groups"]
+        rules = [rule for g in groups if g["name"] == group for rule in g["rules"]]
+        return {rule["name"]: (rule["health"], rule["state"]) for rule in rules}
+
+
+FLEET_ALERTS = (
+    "LogwriterBalancerDown",
+    "LogwriterNoReplicaFound",
+    "LogwriterNoReplicaInBalancer",
+    "LogwriterBalancerMissesReplicas",
+)
+
 
 def swarm_state() -> str:
     return docker("info", "-f", "{{.Swarm.LocalNodeState}}").strip()
@@ -275,6 +291,22 @@ def test_swarm_stack(swarm: Swarm, tmp_path: Path):
         "HAProxy to send to 3 replicas (as its own metrics say)",
         interval=1,
     )
+    # The fleet's alerts (deploy/swarm/fleet-alerts.yml) are loaded and, with every replica
+    # ready and in HAProxy's rotation, evaluate without error and fall quiet (HAProxy had none
+    # while the stack came up); the ready replicas their rule counts are the 3 that run.
+    quiet = {name: ("ok", "inactive") for name in FLEET_ALERTS}
+    wait_until(
+        lambda: swarm.alert_states("logwriter-fleet") == quiet,
+        60,
+        lambda: (
+            f"the fleet's alerts to be loaded and quiet: {swarm.alert_states('logwriter-fleet')}"
+        ),
+        interval=1,
+    )
+    ready = (
+        "count(sum by (instance) (logwriter_writer_ready) >= sum by (instance) (logwriter_workers))"
+    )
+    assert swarm.prometheus_value(ready) == 3
 
     # The defaults: plain HTTP (the posts below), no tokens, no secrets.
     spec = json.loads(
@@ -446,6 +478,8 @@ def test_swarm_stack_with_tokens_and_tls(image: str, tmp_path: Path):
             interval=1,
         )
         assert swarm.prometheus_value('haproxy_backend_active_servers{proxy="logwriter"}') == 3
+        # prometheus-tls.yml loads the fleet's alerts too (a rule file it cannot find is no error).
+        assert set(swarm.alert_states("logwriter-fleet")) == set(FLEET_ALERTS)
 
         assert post({})[0] == 401
         assert post({"Authorization": "Bearer wrong"})[0] == 401
