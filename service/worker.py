@@ -18,6 +18,10 @@ per connection, while nothing else is served. Here:
   it likes.
 - A closing connection lingers in the poller too: its write side is shut, what the client
   still sends is drained as it comes, and it is closed at the client's FIN or after 2 s.
+- A worker that holds as many connections as it has threads leaves the listener to the other
+  workers for 0.5 ms after each connection it takes: the workers all wait on the one listener,
+  and the first to wake would otherwise take most of a burst, up to every connection, and
+  serve them all with one GIL while the others idle (docs/design.md, Connections).
 
 Everything else is gthread's own: keep-alive, TLS, HTTP/2, the graceful stop.
 """
@@ -39,11 +43,17 @@ from service.app import runtime
 
 LINGER_SECONDS = 2.0  # as gunicorn.util.close_graceful: how long a closing connection drains
 _FD_MARGIN = 64  # descriptors of Gunicorn and Python themselves: streams, listeners, pipes
+ACCEPT_PAUSE_SECONDS = 0.0005  # a worker with a connection per thread leaves the listener this long
 
 
 class Worker(gthread.ThreadWorker):  # type: ignore[misc]
     # The gthread internals this class builds on (with them, `pending_conns`): Gunicorn 27's.
-    _NEEDS = ("on_pending_socket_readable", "murder_pending", "_cap_keepalive")
+    _NEEDS = (
+        "on_pending_socket_readable",
+        "murder_pending",
+        "_cap_keepalive",
+        "set_accept_enabled",
+    )
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -60,6 +70,7 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.idle_timeout: float = self.app.settings.idle_timeout
         self.lingering: deque[_Lingering] = deque()  # by deadline: every one gets the same
+        self.accept_paused_until = 0.0
 
     def accept(self, listener: socket.socket) -> None:
         try:
@@ -77,6 +88,16 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
         self.poller.register(
             client, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn)
         )
+        if self.cfg.workers > 1 and self.nr_conns >= self.cfg.threads:
+            # Time for an idle worker to wake and take the next one, while this one is busy.
+            self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE_SECONDS
+            self.set_accept_enabled(False)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gthread's loop turns accepting back on at each turn: not before the pause is over.
+        if enabled and time.monotonic() < self.accept_paused_until:
+            return
+        super().set_accept_enabled(enabled)
 
     def handle(self, conn: "_Connection") -> Any:
         # In a request thread. The deadline for the TLS handshake and the head, on the
@@ -109,6 +130,8 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
             timeout = min(timeout, max(self.pending_conns[0].timeout - now, 0.0))
         if self.lingering:
             timeout = min(timeout, max(self.lingering[0].deadline - now, 0.0))
+        if self.accept_paused_until > now:
+            timeout = min(timeout, self.accept_paused_until - now)
         super().wait_for_and_dispatch_events(timeout)
 
     def _cap_keepalive(self, deadline: float) -> None:

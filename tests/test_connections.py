@@ -1,5 +1,6 @@
 """Connections that send nothing, or never close, against the real service: they must not hold
-its request threads (service/worker.py), and a stop still drains. One worker, 8 threads."""
+its request threads (service/worker.py), and a stop still drains; connections opened at once
+spread over the workers. One worker, 8 threads, unless a test says otherwise."""
 
 import http.client
 import os
@@ -144,6 +145,44 @@ def test_two_thousand_open_connections_leave_the_threads_free(start_logwriter: L
     print(f"{open_sockets} sockets, {len(latencies)} requests, p99 {p99(latencies) * 1000:.1f} ms")
     assert p99(latencies) < 0.1
     assert max(waiting) == 1, f"threads in epoll, by sample: {waiting} (the main loop's alone: 1)"
+
+
+def connections_by_worker(service: Service) -> list[int]:
+    """How many of the service's TCP connections each worker process holds."""
+    port = f"{service.port:04X}"
+    established = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port}") and fields[3] == "01":  # local port, ESTABLISHED
+            established.add(fields[9])  # the socket's inode
+    return [
+        sum(
+            fd.resolve().name.removeprefix("socket:[").rstrip("]") in established
+            for fd in Path(f"/proc/{worker}/fd").iterdir()
+        )
+        for worker in service.worker_pids()
+    ]
+
+
+def test_connections_opened_at_once_spread_over_the_workers(start_logwriter: Logwriters):
+    # 32 connections on 2 workers of 8 threads: the first worker to wake must not take them all
+    # (without service/worker.py's pause one worker took 21 to 32 of them, in 6 runs of 6).
+    service = start_logwriter(workers=2)
+    conns = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(32)]
+    try:
+        wait_until(
+            lambda: sum(connections_by_worker(service)) == 32, 10, "every connection accepted"
+        )
+        counts = connections_by_worker(service)
+        for sock in conns:  # each one is served: a request on it is answered
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: logwriter\r\n\r\n")
+        for sock in conns:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in conns:
+            sock.close()
+    print(f"connections by worker: {counts}")
+    assert max(counts) <= 20, f"connections by worker: {counts}"
 
 
 def test_a_silent_connection_is_closed_at_its_deadline(start_logwriter: Logwriters):
