@@ -166,7 +166,7 @@ def connections_by_worker(service: Service) -> list[int]:
 
 def test_connections_opened_at_once_spread_over_the_workers(start_logwriter: Logwriters):
     # 32 connections on 2 workers of 8 threads: the first worker to wake must not take them all
-    # (without service/worker.py's pause one worker took 21 to 32 of them, in 6 runs of 6).
+    # (what it did without service/worker.py's pause: docs/design.md, Connections).
     service = start_logwriter(workers=2)
     conns = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(32)]
     try:

@@ -112,11 +112,8 @@ class Swarm:
         return {rule["name"]: (rule["health"], rule["state"]) for rule in rules}
 
 
-FLEET_ALERTS = (
-    "LogwriterBalancerDown",
-    "LogwriterNoReplicaFound",
-    "LogwriterNoReplicaInBalancer",
-    "LogwriterBalancerMissesReplicas",
+FLEET_ALERTS = re.findall(  # every alert the file declares
+    r"^\s+- alert: (\w+)$", (ROOT / "deploy" / "swarm" / "fleet-alerts.yml").read_text(), re.M
 )
 
 
