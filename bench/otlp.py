@@ -8,8 +8,8 @@ is sent three ways, each the contender of its own measurement:
              converts the request once, here), RECORDS to a request, posted to
              /v1/logs/<stream> as application/x-ndjson
   otlp       the request as protobuf, posted to /otlp/v1/logs as application/x-protobuf
-  otlp-json  the same request as OTLP/JSON (application/json), which service.otlp decodes with
-             protobuf's json_format: reported beside the others, without a target
+  otlp-json  the same request as OTLP/JSON (application/json): reported beside the others,
+             without a target
 Each measurement starts a logwriter of its own (1 worker, THREADS request threads, ack=queued)
 and runs wrk with DURABLE_CONNS connections for `seconds`; the three are interleaved in rounds,
 each round starting with another, as the rest of the bench is. CPU is the server's processes'

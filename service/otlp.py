@@ -5,10 +5,10 @@
                                "otlp" format, one OTLP/JSON LogsData per stream)
   export_response(), status()  the answers OTLP/HTTP asks for, in the request's encoding
 
-OTLP/JSON is protobuf's JSON mapping except that trace and span ids are hex, not base64: they
-are turned into base64 before json_format parses the rest, which takes lowerCamelCase and the
-original field names, enum numbers and names, 64-bit integers as strings or numbers, and here
-ignores unknown fields, as the OpenTelemetry Collector does.
+OTLP/JSON is protobuf's JSON mapping except that trace and span ids are hex, not base64. It
+is read here, field by field against the message's descriptor, into the arguments of the
+message's constructor: lowerCamelCase and original field names, enum numbers and names, 64-bit
+integers as strings or numbers, unknown fields ignored, as the OpenTelemetry Collector reads it.
 
 A record's line is built from JSON fragments, with what many records share (resource, scope,
 severity, attribute keys, the seconds of a timestamp) encoded once: no dict and json.dumps per
@@ -20,9 +20,10 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from decimal import Decimal
+from functools import cache, lru_cache
 from json.encoder import encode_basestring as _string  # C: '"..."', non-ASCII kept as is
 from typing import Any
 
@@ -69,14 +70,12 @@ def decode(body: bytes, content_type: str) -> ExportLogsServiceRequest:
     if not isinstance(message, dict):
         raise BadRequest("body is not a JSON object (an ExportLogsServiceRequest)")
     try:
-        _prepare_json(message, ExportLogsServiceRequest.DESCRIPTOR, "request")
-    except RecursionError:
-        raise BadRequest("body nests too deep to be an ExportLogsServiceRequest") from None
+        fields = _message_fields(message, ExportLogsServiceRequest.DESCRIPTOR, 0)
+    except _Invalid as exc:
+        raise BadRequest("request" + "".join(reversed(exc.path)) + " " + str(exc)) from None
     try:
-        return json_format.ParseDict(
-            message, ExportLogsServiceRequest(), ignore_unknown_fields=True
-        )
-    except (json_format.ParseError, RecursionError) as exc:
+        return ExportLogsServiceRequest(**fields)
+    except (ValueError, TypeError) as exc:  # anything the checks above let through
         raise BadRequest(f"body is not an OTLP/JSON ExportLogsServiceRequest: {exc}") from None
 
 
@@ -84,96 +83,198 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _prepare_json(message: dict[str, Any], descriptor: Descriptor, where: str) -> None:
-    """Check every known field's JSON type against the message's descriptor, where
-    json_format would take a wrong one (a bool for a number, an unknown enum name) as a
-    value; turn trace and span ids from hex into base64; and of a oneof sent with several
-    members keep the last, as the Collector reads it (json_format refuses two)."""
-    for key in list(message):
-        field = descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
-        value = message[key]
-        if field is None or value is None:
+class _Invalid(ValueError):
+    """A JSON value the field cannot take; each level it passes up adds its step to `path`."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.path: list[str] = []
+
+
+_MAX_DEPTH = 100  # messages within messages: protobuf's own limit, for JSON and binary alike
+
+
+def _message_fields(value: Any, descriptor: Descriptor, depth: int) -> dict[str, Any]:
+    """A JSON object as the keyword arguments of its message's constructor, checked field by
+    field, so that upb builds the message in C rather than json_format in Python."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be an object, not {_shown(value)}")
+    if depth > _MAX_DEPTH:
+        raise BadRequest("body nests too deep to be an ExportLogsServiceRequest")
+    fields = _json_fields(descriptor)
+    kwargs = {}
+    for key, item in value.items():
+        known = fields.get(key)
+        if known is None or item is None:  # unknown fields are ignored; null is the default
             continue
-        path = f"{where}.{field.json_name}"
-        if field.name in _IDS:
-            message[key] = _hex_to_base64(value, _IDS[field.name], path)
-        elif field.is_repeated:
-            if not isinstance(value, list):
-                raise BadRequest(f"{path} must be an array")
-            for i, item in enumerate(value):
-                _check_field(field, item, f"{path}[{i}]")
-        else:
-            _check_field(field, value, path)
+        name, step, convert, repeated = known
+        try:
+            if not repeated:
+                kwargs.pop(name, None)  # sent under both its names: the later counts, as last
+                kwargs[name] = convert(item, depth)
+                continue
+            if not isinstance(item, list):
+                raise _Invalid(f"must be an array, not {_shown(item)}")
+            converted = []
+            for index, element in enumerate(item):
+                try:
+                    converted.append(convert(element, depth))
+                except _Invalid as exc:
+                    exc.path.append(f"[{index}]")
+                    raise
+            kwargs[name] = converted
+        except _Invalid as exc:
+            exc.path.append(step)
+            raise
+    if descriptor.oneofs:
+        _keep_last_member(kwargs, descriptor)
+    return kwargs
+
+
+def _keep_last_member(kwargs: dict[str, Any], descriptor: Descriptor) -> None:
+    # Of a oneof sent with several members keep the last, as the Collector reads it.
     for oneof in descriptor.oneofs:
-        sent = [
-            key
-            for key, value in message.items()
-            if value is not None and _field_named(descriptor, key) in oneof.fields
-        ]
-        for key in sent[:-1]:
-            del message[key]
+        sent = [field.name for field in oneof.fields if field.name in kwargs]
+        if len(sent) > 1:
+            last = max(sent, key=list(kwargs).index)
+            for name in sent:
+                if name != last:
+                    del kwargs[name]
 
 
-def _field_named(descriptor: Descriptor, key: str) -> FieldDescriptor | None:
-    return descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
+Converter = Callable[[Any, int], Any]
 
 
-def _check_field(field: FieldDescriptor, value: Any, path: str) -> None:
-    if value is None:
-        return
+@cache
+def _json_fields(descriptor: Descriptor) -> dict[str, tuple[str, str, Converter, bool]]:
+    """Each field by its JSON keys, lowerCamelCase and original: its name, its step in an
+    error's path, how a JSON value becomes its value, and whether it is repeated."""
+    fields = {}
+    for field in descriptor.fields:
+        spec = (field.name, "." + field.json_name, _converter(field), field.is_repeated)
+        fields[field.json_name] = fields[field.name] = spec
+    return fields
+
+
+def _converter(field: FieldDescriptor) -> Converter:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        if not isinstance(value, dict):
-            raise BadRequest(f"{path} must be an object")
-        _prepare_json(value, field.message_type, path)
-        return
+        descriptor = field.message_type
+        return lambda value, depth: _message_fields(value, descriptor, depth + 1)
+    if field.name in _IDS:
+        size = _IDS[field.name]
+        return lambda value, depth: _hex_id(value, size)
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return lambda value, depth: _string_value(value)
     if field.type == FieldDescriptor.TYPE_BYTES:
-        allowed = isinstance(value, str) and _is_base64(value)
-    elif field.type == FieldDescriptor.TYPE_ENUM:
-        names = field.enum_type.values_by_name
-        allowed = isinstance(value, int) or (isinstance(value, str) and value in names)
+        return lambda value, depth: _base64_value(value)
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return lambda value, depth: _bool_value(value)
+    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return lambda value, depth: _float_value(value)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        numbers = {value.name: value.number for value in field.enum_type.values}
+        return lambda value, depth: _enum_value(value, numbers)
+    low, high = _INTEGER_RANGES[field.type]
+    return lambda value, depth: _integer_value(value, low, high)
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value)[:40]
+
+
+def _string_value(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, not {_shown(value)}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise _Invalid("holds a lone surrogate, which is not Unicode text") from None
+    return value
+
+
+def _bool_value(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, not {_shown(value)}")
+    return value
+
+
+def _integer_value(value: Any, low: int, high: int) -> int:
+    # Numbers, or strings as proto3's JSON writes 64-bit integers: decimal, or with a
+    # fraction or exponent that leaves a whole number ("1e3"), as json_format reads them.
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _NUMBER.fullmatch(value) and _is_whole(exact := Decimal(value)):
+        number = int(exact)
     else:
-        allowed = isinstance(value, _JSON_TYPES.get(field.type, (str,)))
-    if not allowed or (isinstance(value, bool) and field.type != FieldDescriptor.TYPE_BOOL):
-        raise BadRequest(f"{path} must not be {json.dumps(value)[:40]}")
+        raise _Invalid(f"must be an integer, not {_shown(value)}")
+    if not low <= number <= high:
+        raise _Invalid(f"must be an integer from {low} to {high}, not {number}")
+    return number
 
 
-# The JSON types proto3's mapping allows a scalar field (numbers' strings are checked after).
-_JSON_TYPES: dict[int, tuple[type, ...]] = {
-    **dict.fromkeys(
-        (
-            FieldDescriptor.TYPE_INT32,
-            FieldDescriptor.TYPE_INT64,
-            FieldDescriptor.TYPE_UINT32,
-            FieldDescriptor.TYPE_UINT64,
-            FieldDescriptor.TYPE_SINT32,
-            FieldDescriptor.TYPE_SINT64,
-            FieldDescriptor.TYPE_FIXED32,
-            FieldDescriptor.TYPE_FIXED64,
-            FieldDescriptor.TYPE_SFIXED32,
-            FieldDescriptor.TYPE_SFIXED64,
-        ),
-        (int, str),
-    ),
-    FieldDescriptor.TYPE_DOUBLE: (int, float, str),
-    FieldDescriptor.TYPE_FLOAT: (int, float, str),
-    FieldDescriptor.TYPE_BOOL: (bool,),
-}
-_IDS = {"trace_id": 16, "span_id": 8}  # bytes fields that OTLP/JSON writes in hex
-_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
-_BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")  # proto3's JSON: standard or URL-safe
+def _is_whole(number: Decimal) -> bool:
+    # Exact, unlike float(); and no int() of "1e999999999", which would take a billion digits.
+    return number.adjusted() < 25 and number == number.to_integral_value()
 
 
-def _is_base64(text: str) -> bool:
-    # json_format's own decoding drops what is not in the alphabet, rather than refuse it.
-    return bool(_BASE64.fullmatch(text)) and len(text.rstrip("=")) % 4 != 1
+def _float_value(value: Any) -> float:
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            raise _Invalid(f"must be a number a double can hold, not {_shown(value)}") from None
+    if isinstance(value, str) and (value in _FLOAT_NAMES or _NUMBER.fullmatch(value)):
+        return float(value)
+    raise _Invalid(f"must be a number, not {_shown(value)}")
 
 
-def _hex_to_base64(value: Any, size: int, path: str) -> str:
+def _enum_value(value: Any, numbers: dict[str, int]) -> int:
+    if isinstance(value, str) and value in numbers:
+        return numbers[value]
+    if isinstance(value, int) and not isinstance(value, bool) and _INT32[0] <= value <= _INT32[1]:
+        return value  # proto3 enums are open: a number without a name is kept
+    raise _Invalid(f"must be one of {', '.join(numbers)} or its number, not {_shown(value)}")
+
+
+def _base64_value(value: Any) -> bytes:
+    # Standard or URL-safe, padded or not, as proto3's JSON allows; nothing outside the
+    # alphabet, which binascii would drop rather than refuse.
+    digits = value.rstrip("=") if isinstance(value, str) else None
+    if digits is None or not _BASE64.fullmatch(value) or len(digits) % 4 == 1:
+        raise _Invalid(f"must be base64, not {_shown(value)}")
+    return base64.b64decode(digits.translate(_URL_SAFE) + "=" * (-len(digits) % 4))
+
+
+def _hex_id(value: Any, size: int) -> bytes:
     # bytes.fromhex would skip spaces between the digits.
     raw = bytes.fromhex(value) if isinstance(value, str) and _HEX.fullmatch(value) else None
     if raw is None or len(raw) not in (0, size):
-        raise BadRequest(f"{path} must be {2 * size} hex digits (not base64), got {value!r}")
-    return base64.b64encode(raw).decode()
+        raise _Invalid(f"must be {2 * size} hex digits (not base64), got {value!r}")
+    return raw
+
+
+_INT32 = (-(2**31), 2**31 - 1)
+_INTEGER_RANGES = {
+    **dict.fromkeys(
+        (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32),
+        _INT32,
+    ),
+    **dict.fromkeys(
+        (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64),
+        (-(2**63), 2**63 - 1),
+    ),
+    **dict.fromkeys((FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32), (0, 2**32 - 1)),
+    **dict.fromkeys((FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64), (0, 2**64 - 1)),
+}
+_IDS = {"trace_id": 16, "span_id": 8}  # bytes fields that OTLP/JSON writes in hex
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")  # as float() reads
+_FLOAT_NAMES = ("NaN", "Infinity", "-Infinity")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
+_URL_SAFE = str.maketrans("-_", "+/")
 
 
 def stream_for_service(name: str) -> str | None:

@@ -680,6 +680,16 @@ def test_json_64_bit_integers_may_be_strings_or_numbers(variant):  # type: ignor
     )
 
 
+def test_json_integer_strings_with_a_sign_fraction_or_exponent_are_taken_when_whole():
+    # proto3's JSON mapping accepts exponent notation; the value is read exactly, not via float.
+    variant = {"timeUnixNano": "+1.796106471123456789e18", "flags": "1e0"}
+    assert only_line(convert(json_request(variant), otlp.JSON)) == (
+        b'{"time":"2026-12-01T06:27:51.123456789Z","flags":1}\n'
+    )
+    assert "must be an integer, not" in bad(json_request({"flags": "1.5"}))
+    assert "must be an integer, not" in bad(json_request({"flags": 1.0}))
+
+
 def test_json_null_means_the_default():
     nulls = {"severityNumber": None, "severityText": None, "body": None, "traceId": None}
     line = only_line(convert(json_request(nulls), otlp.JSON))
@@ -696,6 +706,17 @@ def test_json_doubles_nan_and_infinity_as_strings_are_taken():
 def test_json_any_value_with_two_members_keeps_the_last_as_the_collector_does():
     body = json_request({"body": {"stringValue": "a", "intValue": "1"}})
     assert json.loads(only_line(convert(body, otlp.JSON)))["body"] == 1
+
+
+def test_json_field_sent_under_both_its_names_counts_where_it_came_last():
+    body = json_request({"body": {"stringValue": "a", "intValue": "1", "string_value": "b"}})
+    assert json.loads(only_line(convert(body, otlp.JSON)))["body"] == "b"
+
+
+def test_json_any_value_member_that_a_later_one_replaces_must_still_be_valid():
+    assert "intValue must be an integer" in bad(
+        json_request({"body": {"intValue": "x", "stringValue": "a"}})
+    )
 
 
 def test_json_bytes_are_base64_standard_or_url_safe():
@@ -733,6 +754,16 @@ BAD_JSON = [
     ("time-not-a-number", json_request({"timeUnixNano": "12x"}), "timeUnixNano"),
     ("int-not-a-number", json_request({"body": {"intValue": "abc"}}), "intValue"),
     ("lone-surrogate", json_request({"body": {"stringValue": "a\ud800b"}}), "surrogate"),
+    ("enum-lone-surrogate", json_request({"severityNumber": "\ud800"}), "severityNumber"),
+    (
+        "int-out-of-int64",
+        json_request({"body": {"intValue": str(2**63)}}),
+        "from -9223372036854775808",
+    ),
+    ("int-of-5000-digits", json_request({"body": {"intValue": "9" * 5000}}), "intValue"),
+    ("int-huge-exponent", json_request({"body": {"intValue": "1e999999999"}}), "intValue"),
+    ("double-past-a-double", json_request({"body": {"doubleValue": 10**400}}), "doubleValue"),
+    ("bytes-one-digit-too-many", json_request({"body": {"bytesValue": "ABCDE="}}), "bytesValue"),
 ]
 
 
@@ -793,15 +824,17 @@ def varint(n: int) -> bytes:
     ids=["body", "attribute-value", "attribute", "kvlist", "array-item", "resource", "scope"],
 )
 def test_json_string_where_an_object_belongs_is_refused_not_read_as_empty(body):  # type: ignore[no-untyped-def]
-    # json_format alone, with ignore_unknown_fields, reads a string there as a message whose
-    # fields are its characters, all unknown: the record would be written without its body.
+    # json_format (with ignore_unknown_fields), logwriter's first decoder, reads a string
+    # there as a message whose fields are its characters, all unknown: the record would be
+    # written without its body.
     bad(body)
 
 
 @pytest.mark.parametrize("text", ["!!!", "AA!!EC/w==", "AAEC/w==extra"])
 def test_json_bytes_that_are_not_base64_are_refused(text):  # type: ignore[no-untyped-def]
-    # json_format's lenient base64 drops what is outside the alphabet: "!!!" would be written
-    # as "", "AA!!EC/w==" as "AAEC/w==". The Collector answers 400.
+    # json_format's lenient base64, which logwriter first used, drops what is outside the
+    # alphabet: "!!!" would be written as "", "AA!!EC/w==" as "AAEC/w==". The Collector
+    # answers 400.
     assert "bytesValue" in bad(json_request({"body": {"bytesValue": text}}))
 
 
