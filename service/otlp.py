@@ -62,7 +62,9 @@ def decode(body: bytes, content_type: str) -> ExportLogsServiceRequest:
         except DecodeError as exc:
             raise BadRequest(f"body is not a protobuf ExportLogsServiceRequest: {exc}") from None
     try:
-        message = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        message = json.loads(
+            body.decode("utf-8"), parse_float=_exact_number, parse_constant=_no_constant
+        )
     except UnicodeDecodeError as exc:
         raise BadRequest(f"body is not valid UTF-8: byte offset {exc.start}") from None
     except (ValueError, RecursionError) as exc:
@@ -83,6 +85,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _exact_number(text: str) -> Decimal:
+    # Exact, so that 1.7e18 is read as the integer it is; a double is made of it only where
+    # a double belongs.
+    try:
+        return Decimal(text)
+    except ArithmeticError:  # an exponent past ±10**18
+        raise ValueError(f"number {text[:40]} is out of range") from None
+
+
 class _Invalid(ValueError):
     """A JSON value the field cannot take; each level it passes up adds its step to `path`."""
 
@@ -99,7 +110,7 @@ def _message_fields(value: Any, descriptor: Descriptor, depth: int) -> dict[str,
     field, so that upb builds the message in C rather than json_format in Python."""
     if not isinstance(value, dict):
         raise _Invalid(f"must be an object, not {_shown(value)}")
-    if depth > _MAX_DEPTH:
+    if depth >= _MAX_DEPTH:
         raise BadRequest("body nests too deep to be an ExportLogsServiceRequest")
     fields = _json_fields(descriptor)
     kwargs = {}
@@ -179,7 +190,11 @@ def _converter(field: FieldDescriptor) -> Converter:
 
 
 def _shown(value: Any) -> str:
-    return json.dumps(value)[:40]
+    if isinstance(value, (dict, list)):  # json.dumps of a deep one could exhaust the stack
+        return "an object" if isinstance(value, dict) else "an array"
+    if isinstance(value, Decimal):  # a JSON number with a fraction or exponent
+        return str(value)[:40]
+    return json.dumps(value[:40] if isinstance(value, str) else value)[:40]
 
 
 def _string_value(value: Any) -> str:
@@ -200,42 +215,54 @@ def _bool_value(value: Any) -> bool:
 
 
 def _integer_value(value: Any, low: int, high: int) -> int:
-    # Numbers, or strings as proto3's JSON writes 64-bit integers: decimal, or with a
-    # fraction or exponent that leaves a whole number ("1e3"), as json_format reads them.
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and _NUMBER.fullmatch(value) and _is_whole(exact := Decimal(value)):
-        number = int(exact)
-    else:
+    number = _whole_number(value)
+    if number is None:
         raise _Invalid(f"must be an integer, not {_shown(value)}")
     if not low <= number <= high:
-        raise _Invalid(f"must be an integer from {low} to {high}, not {number}")
-    return number
+        raise _Invalid(f"must be an integer from {low} to {high}, not {_shown(value)}")
+    return int(number)
 
 
-def _is_whole(number: Decimal) -> bool:
-    # Exact, unlike float(); and no int() of "1e999999999", which would take a billion digits.
-    return number.adjusted() < 25 and number == number.to_integral_value()
+def _whole_number(value: Any) -> int | Decimal | None:
+    """A JSON number, or a string as proto3's JSON writes 64-bit integers (decimal, or with a
+    fraction or exponent that leaves a whole number: "1e3"), if it is a whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        try:
+            value = Decimal(value)
+        except ArithmeticError:  # an exponent past ±10**18
+            return None
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return value
+    return None
 
 
 def _float_value(value: Any) -> float:
-    if isinstance(value, float):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except OverflowError:
-            raise _Invalid(f"must be a number a double can hold, not {_shown(value)}") from None
-    if isinstance(value, str) and (value in _FLOAT_NAMES or _NUMBER.fullmatch(value)):
+    if isinstance(value, str) and value in _FLOAT_NAMES:
         return float(value)
-    raise _Invalid(f"must be a number, not {_shown(value)}")
+    if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int past a double's range; a Decimal becomes inf
+            number = math.inf
+    elif isinstance(value, str) and _NUMBER.fullmatch(value):
+        number = float(value)
+    else:
+        raise _Invalid(f"must be a number, not {_shown(value)}")
+    if not math.isfinite(number):
+        raise _Invalid(f"must be a number a double can hold, not {_shown(value)}")
+    return number
 
 
 def _enum_value(value: Any, numbers: dict[str, int]) -> int:
-    if isinstance(value, str) and value in numbers:
-        return numbers[value]
-    if isinstance(value, int) and not isinstance(value, bool) and _INT32[0] <= value <= _INT32[1]:
-        return value  # proto3 enums are open: a number without a name is kept
+    if isinstance(value, str):
+        if value in numbers:
+            return numbers[value]
+    elif (number := _whole_number(value)) is not None and _INT32[0] <= number <= _INT32[1]:
+        return int(number)  # proto3 enums are open: a number without a name is kept
     raise _Invalid(f"must be one of {', '.join(numbers)} or its number, not {_shown(value)}")
 
 
@@ -270,7 +297,9 @@ _INTEGER_RANGES = {
     **dict.fromkeys((FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64), (0, 2**64 - 1)),
 }
 _IDS = {"trace_id": 16, "span_id": 8}  # bytes fields that OTLP/JSON writes in hex
-_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")  # as float() reads
+_NUMBER = re.compile(
+    r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+)  # as float() reads
 _FLOAT_NAMES = ("NaN", "Infinity", "-Infinity")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")

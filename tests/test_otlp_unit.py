@@ -14,6 +14,7 @@ import json
 import math
 import re
 import threading
+import time
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -680,14 +681,24 @@ def test_json_64_bit_integers_may_be_strings_or_numbers(variant):  # type: ignor
     )
 
 
-def test_json_integer_strings_with_a_sign_fraction_or_exponent_are_taken_when_whole():
-    # proto3's JSON mapping accepts exponent notation; the value is read exactly, not via float.
-    variant = {"timeUnixNano": "+1.796106471123456789e18", "flags": "1e0"}
-    assert only_line(convert(json_request(variant), otlp.JSON)) == (
-        b'{"time":"2026-12-01T06:27:51.123456789Z","flags":1}\n'
+@pytest.mark.parametrize(
+    ("time", "flags", "severity"),
+    [(b'"+1.796106471123456789e18"', b'"1e0"', b"9"), (b"1.796106471123456789e18", b"1.0", b"9.0")],
+    ids=["strings", "numbers"],
+)
+def test_json_integers_with_a_sign_fraction_or_exponent_are_taken_when_whole(time, flags, severity):  # type: ignore[no-untyped-def]
+    # proto3's JSON mapping accepts exponent notation; the value is read exactly, not as a
+    # double (which would make it 1796106471123456768).
+    body = json_request({"timeUnixNano": "T", "flags": "F", "severityNumber": "S"})
+    body = body.replace(b'"T"', time).replace(b'"F"', flags).replace(b'"S"', severity)
+    assert only_line(convert(body, otlp.JSON)) == (
+        b'{"time":"2026-12-01T06:27:51.123456789Z","severity":"INFO","severity_number":9,'
+        b'"flags":1}\n'
     )
     assert "must be an integer, not" in bad(json_request({"flags": "1.5"}))
-    assert "must be an integer, not" in bad(json_request({"flags": 1.0}))
+    assert "must be an integer, not" in bad(json_request({"flags": 1.5}))
+    assert "severityNumber" in bad(json_request({"severityNumber": 9.5}))
+    assert "severityNumber" in bad(json_request({"severityNumber": "9"}))  # a name or a number
 
 
 def test_json_null_means_the_default():
@@ -764,12 +775,52 @@ BAD_JSON = [
     ("int-huge-exponent", json_request({"body": {"intValue": "1e999999999"}}), "intValue"),
     ("double-past-a-double", json_request({"body": {"doubleValue": 10**400}}), "doubleValue"),
     ("bytes-one-digit-too-many", json_request({"body": {"bytesValue": "ABCDE="}}), "bytesValue"),
+    (
+        "double-past-a-double-as-literal",
+        json_request({"body": {"doubleValue": "%"}}).replace(b'"%"', b"1e400"),
+        "doubleValue",
+    ),
+    (
+        "double-past-a-double-as-string",
+        json_request({"body": {"doubleValue": "-1e400"}}),
+        "doubleValue",
+    ),
+    (
+        "int-exponent-past-decimal",
+        json_request({"timeUnixNano": "1e1000000000000000000"}),
+        "timeUnixNano",
+    ),
+    (
+        "number-exponent-past-decimal",
+        json_request({"flags": "%"}).replace(b'"%"', b"1e1000000000000000000"),
+        "out of range",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("body", "words"), [c[1:] for c in BAD_JSON], ids=[c[0] for c in BAD_JSON])
 def test_bad_json_bodies_are_refused(body, words):  # type: ignore[no-untyped-def]
     assert words in bad(body)
+
+
+def test_json_number_strings_are_checked_in_linear_time():
+    digits = "1" * 200_000 + "x"  # a regex that backtracks would take hours on this
+    started = time.perf_counter()
+    assert "must be an integer" in bad(json_request({"timeUnixNano": digits}))
+    assert "must be a number" in bad(json_request({"body": {"doubleValue": digits}}))
+    assert time.perf_counter() - started < 5
+
+
+def test_json_deepest_array_that_parses_is_named_in_the_error_not_a_crash():
+    # The deepest array json.loads takes at this stack depth: describing it in the error
+    # must not recurse again (json.dumps of it, a few frames deeper, would exhaust the stack).
+    for depth in range(1000, 800, -1):
+        nested = (b"[" * depth + b"]" * depth).join(json_request({"flags": "%"}).split(b'"%"'))
+        message = bad(nested)
+        if "not valid JSON" not in message:
+            assert "flags must be an integer, not an array" in message
+            return
+    pytest.fail("no nesting from 800 to 1000 deep was parsed")
 
 
 def test_json_nested_past_protobufs_limit_is_refused_not_a_crash():
