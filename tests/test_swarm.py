@@ -303,7 +303,14 @@ def test_swarm_stack(swarm: Swarm, tmp_path: Path):
     ready = (
         "count(sum by (instance) (logwriter_writer_ready) >= sum by (instance) (logwriter_workers))"
     )
-    assert swarm.prometheus_value(ready) == 3
+    # Each replica is found and scraped on its own schedule (5 s each): HAProxy's checks can
+    # count 3 in rotation before Prometheus has every replica's latest sample.
+    wait_until(
+        lambda: swarm.prometheus_value(ready) == 3,
+        30,
+        lambda: f"Prometheus to count 3 ready replicas: {swarm.prometheus_value(ready)}",
+        interval=1,
+    )
 
     # The defaults: plain HTTP (the posts below), no tokens, no secrets.
     spec = json.loads(
