@@ -88,10 +88,17 @@ def _no_constant(name: str) -> Any:
 def _exact_number(text: str) -> Decimal:
     # Exact, so that 1.7e18 is read as the integer it is; a double is made of it only where
     # a double belongs.
+    number = _decimal(text)
+    if number is None:
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _decimal(text: str) -> Decimal | None:
     try:
         return Decimal(text)
     except ArithmeticError:  # an exponent past ±10**18
-        raise ValueError(f"number {text[:40]} is out of range") from None
+        return None
 
 
 class _Invalid(ValueError):
@@ -231,10 +238,7 @@ def _whole_number(value: Any) -> int | Decimal | None:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and _NUMBER.fullmatch(value):
-        try:
-            value = Decimal(value)
-        except ArithmeticError:  # an exponent past ±10**18
-            return None
+        value = _decimal(value)
     if isinstance(value, Decimal) and value == value.to_integral_value():
         return value
     return None
@@ -297,9 +301,8 @@ _INTEGER_RANGES = {
     **dict.fromkeys((FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64), (0, 2**64 - 1)),
 }
 _IDS = {"trace_id": 16, "span_id": 8}  # bytes fields that OTLP/JSON writes in hex
-_NUMBER = re.compile(
-    r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
-)  # as float() reads
+# A number as float() reads it, without the spaces and underscores it also allows.
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _FLOAT_NAMES = ("NaN", "Infinity", "-Infinity")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
