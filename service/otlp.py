@@ -283,7 +283,7 @@ def _hex_id(value: Any, size: int) -> bytes:
     # bytes.fromhex would skip spaces between the digits.
     raw = bytes.fromhex(value) if isinstance(value, str) and _HEX.fullmatch(value) else None
     if raw is None or len(raw) not in (0, size):
-        raise _Invalid(f"must be {2 * size} hex digits (not base64), got {value!r}")
+        raise _Invalid(f"must be {2 * size} hex digits (not base64), not {_shown(value)}")
     return raw
 
 

@@ -555,6 +555,11 @@ def test_json_ids_that_are_not_hex_of_the_right_length_are_refused(ids, words): 
     assert words in message and "resourceLogs[0].scopeLogs[0].logRecords[1]" in message
 
 
+def test_json_id_error_shows_a_bounded_part_of_a_huge_value():
+    message = bad(json_request({}, {"traceId": "ab" * 500_000}))
+    assert "traceId must be 32 hex digits" in message and len(message) < 400
+
+
 def test_protobuf_ids_of_the_wrong_length_are_refused():
     for ids in [{"trace_id": b"\x01" * 15}, {"span_id": b"\x01" * 9}]:
         body = request(resource_logs([record(**ids)])).SerializeToString()
