@@ -85,6 +85,34 @@ def test_stop_while_the_disk_stalls_drains_once_it_recovers(
     assert len(drained) == 2 and sum(drained) > 0, service.log_text()
 
 
+@pytest.mark.root
+def test_a_worker_whose_writer_waits_on_a_frozen_disk_still_answers(
+    ext4_disk: Path, start_logwriter: Logwriters
+):
+    # The writer gives up the GIL for each write: one that kept it would stop every thread of
+    # its worker until the thaw (docs/performance.md, "The writer's hold and its own GIL").
+    service = start_logwriter(
+        log_dir=ext4_disk / "logs",
+        env={
+            "LOGWRITER_QUEUE_BYTES": "64KiB",
+            "LOGWRITER_MAX_BODY_BYTES": "64KiB",
+            "LOGWRITER_MAX_LINE_BYTES": "1KiB",
+        },
+    )
+    filler = b"".join(b"%063d\n" % i for i in range(1024))  # 64 KiB: the whole queue
+    # The file is opened before the freeze: the write, not the open, is what waits.
+    assert service.request("POST", "/v1/logs/filler?ack=written", b"first\n").status == 200
+    with frozen(ext4_disk):
+        assert service.request("POST", "/v1/logs/filler", filler).status == 202
+        time.sleep(1)  # the writer has taken it and waits inside its first write
+        ready = service.request("GET", "/readyz")  # a stopped worker would time out here
+        assert ready.status == 503 and b"queue is full" in ready.body
+        assert service.request("POST", "/v1/logs/other", b"one line\n").status == 503
+    wait_until(lambda: service.metric("logwriter_queue_bytes") == 0, 30, "the write after the thaw")
+    assert (service.dir / "filler.log").read_bytes() == b"first\n" + filler
+    assert not (service.dir / "other.log").exists()
+
+
 @pytest.mark.tools
 def test_metrics_add_up_across_workers_after_load(start_logwriter: Logwriters):
     service = start_logwriter(workers=2)
