@@ -68,6 +68,14 @@ def loop_mounted_ext4(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mount)], check=True)
 
 
+# Settings for a queue that one 64 KiB request fills (the body and line limits must allow it).
+QUEUE_OF_64_KIB = {
+    "LOGWRITER_QUEUE_BYTES": "64KiB",
+    "LOGWRITER_MAX_BODY_BYTES": "64KiB",
+    "LOGWRITER_MAX_LINE_BYTES": "16KiB",
+}
+
+
 @contextlib.contextmanager
 def frozen(mount: Path) -> Iterator[None]:
     """The file system at `mount` frozen (fsfreeze): every write to it waits until the block

@@ -21,6 +21,7 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogsData
 from support import (
+    QUEUE_OF_64_KIB,
     Logwriters,
     Service,
     frozen,
@@ -259,14 +260,7 @@ def test_otlp_stream_and_otlp_format_settings(start_logwriter: Logwriters):
 def test_a_request_for_two_streams_is_refused_whole_when_the_queue_is_full(
     ext4_disk: Path, start_logwriter: Logwriters
 ):
-    service = start_logwriter(
-        log_dir=ext4_disk / "logs",
-        env={
-            "LOGWRITER_QUEUE_BYTES": "64KiB",
-            "LOGWRITER_MAX_BODY_BYTES": "64KiB",
-            "LOGWRITER_MAX_LINE_BYTES": "16KiB",
-        },
-    )
+    service = start_logwriter(log_dir=ext4_disk / "logs", env=QUEUE_OF_64_KIB)
     message = request(
         resource_logs(
             [record(time_unix_nano=i + 1, body=f"a{i} " + "a" * 200) for i in range(20)],

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Logwriters, Service, frozen, stop_service, wait_until
+from support import QUEUE_OF_64_KIB, Logwriters, Service, frozen, stop_service, wait_until
 from traffic import Load, check_files
 
 pytestmark = pytest.mark.service
@@ -91,14 +91,7 @@ def test_a_worker_whose_writer_waits_on_a_frozen_disk_still_answers(
 ):
     # The writer gives up the GIL for each write: one that kept it would stop every thread of
     # its worker until the thaw (docs/performance.md, "The writer's hold and its own GIL").
-    service = start_logwriter(
-        log_dir=ext4_disk / "logs",
-        env={
-            "LOGWRITER_QUEUE_BYTES": "64KiB",
-            "LOGWRITER_MAX_BODY_BYTES": "64KiB",
-            "LOGWRITER_MAX_LINE_BYTES": "1KiB",
-        },
-    )
+    service = start_logwriter(log_dir=ext4_disk / "logs", env=QUEUE_OF_64_KIB)
     filler = b"".join(b"%063d\n" % i for i in range(1024))  # 64 KiB: the whole queue
     # The file is opened before the freeze: the write, not the open, is what waits.
     assert service.request("POST", "/v1/logs/filler?ack=written", b"first\n").status == 200
