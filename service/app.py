@@ -193,9 +193,14 @@ def _accepted(count: int, status: int) -> Response:
 
 def _read_request_body(parts: Runtime, req: Request) -> bytes:
     """The body, decompressed. A client that does not send it whole within body_timeout
-    seconds, stalling or trickling, gets a 408 and no longer holds a request thread."""
+    seconds, stalling or trickling, gets a 408 and no longer holds a request thread.
+
+    Reading a body and checking it are a request's long stretches of work: before each, the
+    thread gives way to a writer working off a backlog.
+    """
     settings = parts.settings
     environ = req.environ
+    parts.writer.give_way()
 
     def read() -> bytes:
         return read_body(
@@ -207,20 +212,23 @@ def _read_request_body(parts: Runtime, req: Request) -> bytes:
 
     sock = environ.get("gunicorn.socket")
     if sock is None:  # not under Gunicorn: Flask's test client
-        return read()
-    # The watchdog alone, not a socket timeout: a socket with a timeout polls before every
-    # recv and send.
-    deadlines = parts.deadlines
-    deadlines.start(sock)
-    try:
-        return read()
-    except Rejected:
-        if deadlines.expired(sock):
-            message = f"the request body took longer than {settings.body_timeout:g} s"
-            raise Rejected(408, "timeout", message) from None
-        raise
-    finally:
-        deadlines.end(sock)
+        body = read()
+    else:
+        # The watchdog alone, not a socket timeout: a socket with a timeout polls before
+        # every recv and send.
+        deadlines = parts.deadlines
+        deadlines.start(sock)
+        try:
+            body = read()
+        except Rejected:
+            if deadlines.expired(sock):
+                message = f"the request body took longer than {settings.body_timeout:g} s"
+                raise Rejected(408, "timeout", message) from None
+            raise
+        finally:
+            deadlines.end(sock)
+    parts.writer.give_way()
+    return body
 
 
 def _require_token(tokens: BearerTokens, req: Request) -> Token | None:

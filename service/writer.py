@@ -6,18 +6,22 @@ Its life reads like logging.handlers.QueueListener:
            put_all() queues a request's lines for several streams, all or none.
   stop()   refuses further puts and queues the pill; the thread writes everything queued before
            the pill, fsyncs and closes every file, and ends; stop() joins it.
+  give_way()  request threads wait briefly while the thread writes a backlog (below).
 
 Each turn of the loop (_run) takes a batch (_take): the waiting requests, up to a megabyte;
 ack=queued ones may gather for up to 20 ms first, and a batch with ack=fsync requests waits
-as GroupCommit says. It appends each stream's share with one writev (_write, _append), frees
-the queue room and acknowledges ack=written requests (_release), then one fsync serves every
-ack=fsync request of the batch (_fsync). Queued bytes count against the bound until they are
+as GroupCommit says. It appends each stream's share under its file's lock (_write, _append),
+frees the queue room and acknowledges ack=written requests (_release), then one fsync serves
+every ack=fsync request of the batch (_fsync). Queued bytes count against the bound until they are
 on disk, so memory stays within it however slow the disk is. An append that fails is kept and
 retried on a backoff, in order, while the other streams go on.
 
 The thread runs at its worker's nice value plus `nice` (a negative increment raises it) where
 the process may: it is the one stage every line goes through, and while it holds a file's lock
-the other workers' writers wait for it, so a core should go to it first.
+the other workers' writers wait for it, so a core should go to it first. For the same reason,
+while it writes with over half the queue's bound waiting, its worker's request threads give
+way to it, for at most 2 ms at a time: it gives the GIL up for each writev and must win it
+back, and the fewer threads it must win it from, the sooner.
 """
 
 import errno
@@ -44,6 +48,9 @@ _LINGER = 0.02
 # At most this much is taken in one turn (a larger request alone is taken whole): bodies reach
 # the page cache while still in the CPU's cache, and queue room comes back sooner.
 _BATCH_BYTES = 1 << 20
+# The longest a request thread gives way to the writer (give_way()): a batch's writes take far
+# less, and a writer stuck in a write (a frozen disk) must not hold the worker's answers up.
+_GIVE_WAY_SECONDS = 0.002
 
 
 def parse_ack(text: str) -> Ack:
@@ -127,6 +134,8 @@ class Writer:
         self._unwritten: dict[str, _Share] = {}
         self._retry = Backoff()
         self._disk_error: str | None = None  # the last append failed with this; retrying
+        # Held while the thread writes to a locked file with a backlog queued: give_way().
+        self._writing = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @property
@@ -202,6 +211,17 @@ class Writer:
         metrics.lines_received.inc(lines)
         metrics.queue_depth.inc(lines)
         metrics.queue_bytes.inc(size)
+
+    def give_way(self) -> None:
+        """Wait while the writer thread writes a backlog to a locked file, at most
+        _GIVE_WAY_SECONDS; request threads call it before each long stretch of their work.
+
+        The writer gives the GIL up for each writev and must win it back before the next,
+        from this worker's request threads, while the other workers' writers wait for the
+        file. With a backlog queued, the writes are what the clients wait for.
+        """
+        if self._writing.acquire(timeout=_GIVE_WAY_SECONDS):
+            self._writing.release()
 
     def stop(self) -> None:
         """Write everything queued so far, sync and close the files, and end the thread."""
@@ -310,6 +330,9 @@ class Writer:
             self._record_error(stream, exc)
             share.failed = True
             return False
+        backlog = self._pending_bytes > self._limit // 2
+        if backlog:
+            self._writing.acquire()
         try:
             cut_retry = Backoff()
             while True:
@@ -323,6 +346,8 @@ class Writer:
                         return False  # no request is half-written
                     time.sleep(cut_retry.failed())
         finally:
+            if backlog:
+                self._writing.release()
             self._files.unlock(stream)
         # Only once the file is unlocked: the request threads this wakes take the GIL, which
         # this thread needs back before it can unlock, while the other workers' writers wait.

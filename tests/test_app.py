@@ -2,6 +2,7 @@
 
 import gzip
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import writer as writer_module
 from service.app import create_app, runtime
 from service.files import LogFiles
 from service.settings import Settings
@@ -210,6 +212,33 @@ def test_full_queue_is_503_with_retry_after(settings: Settings):
     finally:
         release.set()
         writer.stop()
+
+
+def test_a_request_gives_way_to_a_backlogs_writes_before_reading_and_checking_its_body(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    class Stalled(LogFiles):
+        def append(self, stream, buffers):  # type: ignore[no-untyped-def]
+            writing.set()
+            release.wait()
+            super().append(stream, buffers)
+
+    monkeypatch.setattr(writer_module, "_GIVE_WAY_SECONDS", 0.3)
+    writing, release = threading.Event(), threading.Event()
+    settings = Settings(dir=tmp_path, queue_bytes=2000)
+    writer = Writer(Stalled(tmp_path), settings.queue_bytes)
+    client = create_app(settings, writer).test_client()
+    writer.start()
+    try:
+        assert client.post("/v1/logs/s", data=b"x" * 1100 + b"\n").status_code == 202
+        assert writing.wait(5)  # the writer holds the file: over half the queue is its to write
+        started = time.monotonic()
+        assert client.post("/v1/logs/s", data=b"y\n").status_code == 202
+        assert 0.55 <= time.monotonic() - started < 2, "twice, for at most 0.3 s each"
+    finally:
+        release.set()
+        writer.stop()
+    assert (tmp_path / "s.log").read_bytes() == b"x" * 1100 + b"\ny\n"
 
 
 def test_health_and_readiness_follow_the_writer(app: Flask, client: FlaskClient):

@@ -101,6 +101,36 @@ def test_full_queue_refuses_after_the_wait_and_readiness_drops(files: GatedFiles
     writer.put(entry("s", "z" * 300), timeout=5)  # room again once the disk takes the lines
 
 
+def test_request_threads_give_way_while_the_writer_writes_a_backlog(
+    files: GatedFiles, writer: Writer, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(writer_module, "_GIVE_WAY_SECONDS", 0.5)
+    files.gate.clear()
+    backlog = entry("s", "x" * 600, ack="written")  # over half the bound: a backlog
+    writer.put(backlog, timeout=1)
+    assert files.at_gate.wait(5)
+    started = time.monotonic()
+    writer.give_way()
+    assert time.monotonic() - started >= 0.45, "gave no way to the writer's writes"
+    files.gate.set()
+    backlog.wait()
+    started = time.monotonic()
+    writer.give_way()
+    assert time.monotonic() - started < 0.25, "gave way once the writes were done"
+
+
+def test_request_threads_need_not_give_way_without_a_backlog(
+    files: GatedFiles, writer: Writer, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(writer_module, "_GIVE_WAY_SECONDS", 5.0)
+    files.gate.clear()
+    writer.put(entry("s", "x" * 100), timeout=1)
+    assert files.at_gate.wait(5)
+    started = time.monotonic()
+    writer.give_way()
+    assert time.monotonic() - started < 1
+
+
 def test_a_request_larger_than_the_bound_fits_an_empty_queue(tmp_path: Path, writer: Writer):
     writer.put(entry("s", "x" * 5000), timeout=1)
     writer.stop()
