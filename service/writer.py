@@ -12,9 +12,9 @@ Each turn of the loop (_run) takes a batch (_take): the waiting requests, up to 
 ack=queued ones may gather for up to 20 ms first, and a batch with ack=fsync requests waits
 as GroupCommit says. It appends each stream's share under its file's lock (_write, _append),
 frees the queue room and acknowledges ack=written requests (_release), then one fsync serves
-every ack=fsync request of the batch (_fsync). Queued bytes count against the bound until they are
-on disk, so memory stays within it however slow the disk is. An append that fails is kept and
-retried on a backoff, in order, while the other streams go on.
+every ack=fsync request of the batch (_fsync). Queued bytes count against the bound until
+they are on disk, so memory stays within it however slow the disk is. An append that fails is
+kept and retried on a backoff, in order, while the other streams go on.
 
 The thread runs at its worker's nice value plus `nice` (a negative increment raises it) where
 the process may: it is the one stage every line goes through, and while it holds a file's lock
