@@ -1,6 +1,7 @@
 """Test helpers: the real `logwriter` command started as a subprocess on a free port, the one
-wait_until, the disks the root tests stall, and the Docker engine and commands of the Docker
-tests. The fixtures built on them are in conftest.py."""
+wait_until, real files whose appends wait on demand (GatedFiles), the disks the root tests
+stall, and the Docker engine and commands of the Docker tests. The fixtures built on them are
+in conftest.py."""
 
 import contextlib
 import http.client
@@ -11,12 +12,15 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from service.files import LogFiles
 
 LOGWRITER = Path(sys.executable).parent / "logwriter"
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +70,26 @@ def loop_mounted_ext4(tmp_path: Path) -> Iterator[Path]:
     finally:
         unfreeze(mount)
         subprocess.run(["umount", str(mount)], check=True)
+
+
+class GatedFiles(LogFiles):
+    """Real files whose appends wait at a gate: the disk taking nothing, on demand."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.at_gate = threading.Event()  # an append has come to the gate
+        self.fsyncs: list[list[str]] = []
+
+    def append(self, stream: str, buffers: list[bytes | memoryview]) -> None:
+        self.at_gate.set()
+        self.gate.wait()
+        super().append(stream, buffers)
+
+    def fsync(self, streams) -> None:  # type: ignore[no-untyped-def]
+        self.fsyncs.append(list(streams))
+        super().fsync(streams)
 
 
 # Settings for a queue that one 64 KiB request fills (the body and line limits must allow it).

@@ -1,7 +1,6 @@
 """The Flask app on its own (test client, real writer on real files): every answer it gives."""
 
 import gzip
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +10,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from support import GatedFiles
 
 from service import writer as writer_module
 from service.app import create_app, runtime
-from service.files import LogFiles
 from service.settings import Settings
 from service.writer import Writer
 
@@ -190,13 +189,9 @@ def test_unknown_path_is_404_json(client: FlaskClient):
 
 
 def test_full_queue_is_503_with_retry_after(settings: Settings):
-    class Stalled(LogFiles):
-        def append(self, stream, buffers):  # type: ignore[no-untyped-def]
-            release.wait()
-            super().append(stream, buffers)
-
-    release = threading.Event()
-    writer = Writer(Stalled(settings.dir), settings.queue_bytes)
+    files = GatedFiles(settings.dir)
+    files.gate.clear()
+    writer = Writer(files, settings.queue_bytes)
     app = create_app(settings, writer)
     writer.start()
     client = app.test_client()
@@ -210,33 +205,28 @@ def test_full_queue_is_503_with_retry_after(settings: Settings):
         ready = client.get("/readyz")
         assert (ready.status_code, ready.json) == (503, {"error": "queue is full"})
     finally:
-        release.set()
+        files.gate.set()
         writer.stop()
 
 
 def test_a_request_gives_way_to_a_backlogs_writes_before_reading_and_checking_its_body(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    class Stalled(LogFiles):
-        def append(self, stream, buffers):  # type: ignore[no-untyped-def]
-            writing.set()
-            release.wait()
-            super().append(stream, buffers)
-
     monkeypatch.setattr(writer_module, "_GIVE_WAY_SECONDS", 0.3)
-    writing, release = threading.Event(), threading.Event()
+    files = GatedFiles(tmp_path)
+    files.gate.clear()
     settings = Settings(dir=tmp_path, queue_bytes=2000)
-    writer = Writer(Stalled(tmp_path), settings.queue_bytes)
+    writer = Writer(files, settings.queue_bytes)
     client = create_app(settings, writer).test_client()
     writer.start()
     try:
         assert client.post("/v1/logs/s", data=b"x" * 1100 + b"\n").status_code == 202
-        assert writing.wait(5)  # the writer holds the file: over half the queue is its to write
+        assert files.at_gate.wait(5)  # held in the file: over half the queue is its to write
         started = time.monotonic()
         assert client.post("/v1/logs/s", data=b"y\n").status_code == 202
         assert 0.55 <= time.monotonic() - started < 2, "twice, for at most 0.3 s each"
     finally:
-        release.set()
+        files.gate.set()
         writer.stop()
     assert (tmp_path / "s.log").read_bytes() == b"x" * 1100 + b"\ny\n"
 

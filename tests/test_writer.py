@@ -8,33 +8,13 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from support import wait_until
+from support import GatedFiles, wait_until
 
 from service import writer as writer_module
 from service.files import LogFiles
 from service.writer import Ack, Entry, QueueFull, WriteFailed, Writer, WriterStopped
 
 pytestmark = pytest.mark.unit
-
-
-class GatedFiles(LogFiles):
-    """Real files whose appends wait at a gate: the disk taking nothing, on demand."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory)
-        self.gate = threading.Event()
-        self.gate.set()
-        self.at_gate = threading.Event()  # an append has come to the gate
-        self.fsyncs: list[list[str]] = []
-
-    def append(self, stream: str, buffers: list[bytes | memoryview]) -> None:
-        self.at_gate.set()
-        self.gate.wait()
-        super().append(stream, buffers)
-
-    def fsync(self, streams) -> None:  # type: ignore[no-untyped-def]
-        self.fsyncs.append(list(streams))
-        super().fsync(streams)
 
 
 @pytest.fixture
